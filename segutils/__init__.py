@@ -1,0 +1,10 @@
+"""segutils: the companion package of the semantic segmentation course book.
+
+Submodules: :mod:`segutils.data`, :mod:`segutils.metrics`, :mod:`segutils.models`,
+:mod:`segutils.receptive_field`, :mod:`segutils.train`, :mod:`segutils.viz`,
+:mod:`segutils.testing`.
+"""
+from segutils.device import get_device
+
+__version__ = "0.1.0"
+__all__ = ["get_device", "__version__"]
