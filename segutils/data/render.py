@@ -20,7 +20,7 @@ AREA_FRACTION = (0.04, 0.2)
 TEXTURE_PERIOD = (4.0, 16.0)
 NOISE_STD = 0.02
 #: Standard deviation of the second colour of a texture around the first.
-TEXTURE_CONTRAST = 0.15
+TEXTURE_CONTRAST = 0.08
 
 
 def _inside_disc(u: np.ndarray, v: np.ndarray, area: float) -> np.ndarray:

@@ -65,7 +65,7 @@ class ShapesDataset(Dataset):
         image_size: int | tuple[int, int] = 64,
         seed: int = 0,
         transform: Transform | None = None,
-        max_objects: int = 4,
+        max_objects: int = 3,
         ignore_boundary: bool = True,
     ) -> None:
         if not isinstance(split, str) or not split:

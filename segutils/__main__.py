@@ -1,0 +1,5 @@
+import sys
+
+from segutils.cli import main
+
+sys.exit(main())

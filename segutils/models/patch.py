@@ -1,0 +1,208 @@
+"""Per-pixel classification with a patch classifier, and its fully convolutional equivalent.
+
+A :class:`PatchClassifier` labels the centre pixel of one ``p x p`` window. Segmenting an
+image with it means running it on every window (:func:`sliding_window_logits`);
+:func:`convolutionalize` rewrites it as convolutions that give the same logits at every
+pixel in one pass, which is the step from "sliding window" to "fully convolutional".
+
+The input checks shared by all models of :mod:`segutils.models` live here too.
+"""
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["PatchClassifier", "ConvPatchClassifier", "sliding_window_logits", "convolutionalize"]
+
+# Layers that act on each number separately: they mean the same thing after a Linear
+# (on (B, features)) as after a 1x1 convolution (on (N, features, H, W)).
+_ELEMENTWISE = (nn.ReLU, nn.LeakyReLU, nn.GELU, nn.SiLU, nn.Tanh, nn.Sigmoid, nn.Identity, nn.Dropout)
+
+
+def _check_positive_int(value: object, name: str, minimum: int = 1) -> int:
+    """Return ``value`` if it is an ``int >= minimum``, else raise a clear error."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} ({value!r})")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def _check_images(x: object, in_channels: int | None, who: str) -> None:
+    """Raise a clear error unless ``x`` is a non-empty float batch of shape ``(N, in_channels, H, W)``.
+
+    ``in_channels=None`` accepts any number of channels.
+    """
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{who} expects a torch.Tensor, got {type(x).__name__}")
+    if x.ndim != 4:
+        raise ValueError(f"{who} expects a 4-D input (N, C, H, W), got a {x.ndim}-D tensor of shape {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise TypeError(f"{who} expects a floating-point input, got dtype {x.dtype}")
+    if in_channels is not None and x.shape[1] != in_channels:
+        raise ValueError(
+            f"{who} expects {in_channels} input channels, got {x.shape[1]} (input shape {tuple(x.shape)})"
+        )
+    if x.shape[0] == 0:
+        raise ValueError(f"{who} got an empty batch (N=0), input shape {tuple(x.shape)}")
+    if x.shape[2] == 0 or x.shape[3] == 0:
+        raise ValueError(f"{who} got an empty image (H or W is 0), input shape {tuple(x.shape)}")
+
+
+def _hidden_sizes(hidden: int | Sequence[int]) -> tuple[int, ...]:
+    sizes = (hidden,) if isinstance(hidden, int) else tuple(hidden)
+    for i, size in enumerate(sizes):
+        _check_positive_int(size, f"hidden[{i}]")
+    return sizes
+
+
+class PatchClassifier(nn.Module):
+    r"""A multilayer perceptron that classifies the centre pixel of a ``p x p`` patch.
+
+    ``Flatten -> Linear -> ReLU -> ... -> Linear``: it sees nothing but the patch, so run on
+    every window of an image it is the classic sliding-window segmenter.
+
+    Args:
+        in_channels: ``C``, channels of the image.
+        num_classes: ``K``, number of classes.
+        patch_size: ``p``, the odd side of the window, centred on the pixel to classify.
+        hidden: width of each hidden layer (an int for one layer, ``()`` for a linear classifier).
+
+    Shape:
+        - Input: :math:`(B, C, p, p)`, one patch per row.
+        - Output: :math:`(B, K)` logits for the centre pixel of each patch.
+    """
+
+    def __init__(
+        self, in_channels: int, num_classes: int, patch_size: int, hidden: int | Sequence[int] = (64,)
+    ) -> None:
+        super().__init__()
+        self.in_channels = _check_positive_int(in_channels, "in_channels")
+        self.num_classes = _check_positive_int(num_classes, "num_classes")
+        self.patch_size = _check_positive_int(patch_size, "patch_size")
+        if patch_size % 2 != 1:
+            raise ValueError(f"patch_size must be odd so that the patch has a centre pixel, got {patch_size}")
+        self.hidden = _hidden_sizes(hidden)
+
+        widths = [in_channels * patch_size * patch_size, *self.hidden]
+        layers: list[nn.Module] = [nn.Flatten()]
+        for width_in, width_out in zip(widths[:-1], widths[1:]):
+            layers += [nn.Linear(width_in, width_out), nn.ReLU(inplace=True)]
+        layers.append(nn.Linear(widths[-1], num_classes))
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, patches: Tensor) -> Tensor:
+        _check_images(patches, self.in_channels, type(self).__name__)
+        p = self.patch_size
+        if patches.shape[-2:] != (p, p):
+            raise ValueError(
+                f"{type(self).__name__} expects {p}x{p} patches, got {patches.shape[-2]}x{patches.shape[-1]} "
+                f"(input shape {tuple(patches.shape)}); use sliding_window_logits or convolutionalize for images"
+            )
+        return self.layers(patches)
+
+
+class ConvPatchClassifier(nn.Module):
+    r"""The fully convolutional form of a :class:`PatchClassifier`; build it with :func:`convolutionalize`.
+
+    A ``p x p`` convolution with zero padding ``p // 2`` replaces the first Linear layer and
+    ``1 x 1`` convolutions replace the others, so every output pixel gets the logits the
+    patch classifier gives to the zero-padded window centred on it.
+
+    Shape:
+        - Input: :math:`(N, C, H, W)`, any :math:`H, W`.
+        - Output: :math:`(N, K, H, W)` logits.
+    """
+
+    def __init__(self, layers: nn.Sequential, in_channels: int, num_classes: int, patch_size: int) -> None:
+        super().__init__()
+        self.in_channels = in_channels
+        self.num_classes = num_classes
+        self.patch_size = patch_size
+        self.layers = layers
+
+    def forward(self, images: Tensor) -> Tensor:
+        _check_images(images, self.in_channels, type(self).__name__)
+        return self.layers(images)
+
+
+def convolutionalize(patch_classifier: PatchClassifier) -> ConvPatchClassifier:
+    """Return the fully convolutional equivalent of ``patch_classifier``.
+
+    The first ``Linear(C*p*p, h)`` becomes ``Conv2d(C, h, p, padding=p // 2)`` whose kernel is
+    the Linear weight reshaped to ``(h, C, p, p)`` (``Flatten`` orders a patch as
+    ``(C, p, p)``, as ``F.unfold`` does); each later ``Linear(a, b)`` becomes a ``1 x 1``
+    ``Conv2d(a, b)``. Elementwise layers (ReLU, ...) are copied. The weights are copied, on
+    the classifier's device and dtype, so the two modules train independently afterwards.
+
+    Raises:
+        TypeError: ``patch_classifier`` is not a :class:`PatchClassifier`, or contains a
+            layer other than Flatten, Linear or an elementwise activation/dropout.
+    """
+    if not isinstance(patch_classifier, PatchClassifier):
+        raise TypeError(f"convolutionalize expects a PatchClassifier, got {type(patch_classifier).__name__}")
+    p, c = patch_classifier.patch_size, patch_classifier.in_channels
+    converted: list[nn.Module] = []
+    first_linear = True
+    for layer in patch_classifier.layers:
+        if isinstance(layer, nn.Flatten):
+            continue
+        if isinstance(layer, nn.Linear):
+            weight = layer.weight
+            if first_linear:
+                conv = nn.Conv2d(c, layer.out_features, p, padding=p // 2, bias=layer.bias is not None,
+                                 device=weight.device, dtype=weight.dtype)
+                new_weight = weight.reshape(layer.out_features, c, p, p)
+                first_linear = False
+            else:
+                conv = nn.Conv2d(layer.in_features, layer.out_features, 1, bias=layer.bias is not None,
+                                 device=weight.device, dtype=weight.dtype)
+                new_weight = weight.reshape(layer.out_features, layer.in_features, 1, 1)
+            with torch.no_grad():
+                conv.weight.copy_(new_weight)
+                if layer.bias is not None:
+                    conv.bias.copy_(layer.bias)
+            converted.append(conv)
+        elif isinstance(layer, _ELEMENTWISE):
+            converted.append(copy.deepcopy(layer))
+        else:
+            raise TypeError(f"convolutionalize cannot convert a {type(layer).__name__} layer")
+    return ConvPatchClassifier(nn.Sequential(*converted), c, patch_classifier.num_classes, p)
+
+
+def sliding_window_logits(classifier: nn.Module, images: Tensor, chunk_size: int = 4096) -> Tensor:
+    r"""Segment ``images`` by running a patch classifier on the window around every pixel.
+
+    The reference (slow) implementation: ``F.unfold`` cuts the ``p x p`` window centred on
+    every pixel of the zero-padded image (padding ``p // 2``), and the classifier labels
+    them ``chunk_size`` windows at a time. Put the classifier in eval mode first if it has
+    dropout.
+
+    Args:
+        classifier: maps :math:`(B, C, p, p)` to :math:`(B, K)`; must have a ``patch_size``
+            attribute (odd ``p``) and, optionally, ``in_channels``, as :class:`PatchClassifier` does.
+        images: :math:`(N, C, H, W)` float images.
+        chunk_size: number of windows per classifier call (bounds memory).
+
+    Returns:
+        :math:`(N, K, H, W)` logits.
+    """
+    patch_size = getattr(classifier, "patch_size", None)
+    if isinstance(patch_size, bool) or not isinstance(patch_size, int) or patch_size < 1 or patch_size % 2 != 1:
+        raise ValueError(
+            f"sliding_window_logits needs a classifier with an odd int patch_size attribute, got {patch_size!r}"
+        )
+    _check_positive_int(chunk_size, "chunk_size")
+    _check_images(images, getattr(classifier, "in_channels", None), "sliding_window_logits")
+
+    n, c, h, w = images.shape
+    p = patch_size
+    # (N, C*p*p, H*W): column j holds the window centred on pixel j, ordered (C, p, p).
+    windows = F.unfold(images, kernel_size=p, padding=p // 2)
+    windows = windows.transpose(1, 2).reshape(n * h * w, c, p, p)
+    logits = torch.cat([classifier(chunk) for chunk in windows.split(chunk_size)])
+    return logits.reshape(n, h, w, -1).permute(0, 3, 1, 2).contiguous()

@@ -1,0 +1,96 @@
+"""Trained models for the book, trained once and cached on disk.
+
+Several chapters compare the same trained models; training each once per build keeps
+the book's execution short. A cached model is reused only when everything that
+shaped it is unchanged: the model name and arguments, the training configuration,
+and the source code of segutils' data, models and training loop (so a code change
+retrains). The cache lives in ``$SEGUTILS_CACHE`` (default ``~/.cache/segutils``).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from segutils.data import ShapesDataset
+from segutils.models import build_model
+from segutils.train import fit, load_checkpoint, save_checkpoint
+
+CACHE_ENV_VAR = "SEGUTILS_CACHE"
+_SOURCES = ("data", "models", "train.py", "metrics.py")
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """How the book's reference models are trained on :class:`ShapesDataset`."""
+
+    image_size: int = 48
+    train_size: int = 1600
+    val_size: int = 256
+    batch_size: int = 16
+    epochs: int = 4
+    lr: float = 3e-3
+    seed: int = 0
+
+
+def cache_dir() -> Path:
+    """Folder of cached checkpoints: ``$SEGUTILS_CACHE`` or ``~/.cache/segutils``."""
+    return Path(os.environ.get(CACHE_ENV_VAR) or Path.home() / ".cache" / "segutils").expanduser()
+
+
+def _source_digest() -> str:
+    package = Path(__file__).parent
+    digest = hashlib.sha256()
+    for entry in _SOURCES:
+        path = package / entry
+        for file in sorted(path.rglob("*.py")) if path.is_dir() else [path]:
+            digest.update(file.read_bytes())
+    return digest.hexdigest()
+
+
+def loaders(config: TrainingConfig, workers: int = 1) -> tuple[DataLoader, DataLoader]:
+    """Train and validation loaders of ShapesDataset as ``config`` describes."""
+    train = ShapesDataset("train", size=config.train_size, image_size=config.image_size, seed=config.seed)
+    val = ShapesDataset("val", size=config.val_size, image_size=config.image_size, seed=config.seed)
+    return (
+        DataLoader(train, batch_size=config.batch_size, shuffle=True, num_workers=workers, persistent_workers=workers > 0),
+        DataLoader(val, batch_size=64, num_workers=workers, persistent_workers=workers > 0),
+    )
+
+
+def trained_model(
+    name: str,
+    config: TrainingConfig = TrainingConfig(),
+    device: torch.device | str | None = "cpu",
+    progress: bool = True,
+    **model_kwargs: Any,
+) -> tuple[nn.Module, dict[str, list[float]]]:
+    """A model from :func:`segutils.models.build_model` trained with ``config``, from the cache when possible.
+
+    Training runs on ``device`` (the CPU by default, so results repeat exactly); the
+    returned model is in eval mode on the CPU.
+
+    Returns:
+        ``(model, history)`` where ``history`` is :func:`segutils.train.fit`'s.
+    """
+    key = json.dumps({"name": name, "kwargs": model_kwargs, "config": asdict(config), "source": _source_digest()}, sort_keys=True)
+    path = cache_dir() / f"{name}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.pt"
+    torch.manual_seed(config.seed)
+    model = build_model(name, **model_kwargs)
+    if path.is_file():
+        history = load_checkpoint(path, model)["extra"]["history"]
+    else:
+        train_loader, val_loader = loaders(config)
+        history = fit(model, train_loader, val_loader, epochs=config.epochs, lr=config.lr, device=device, seed=config.seed, progress=progress)
+        model.cpu()
+        tmp = path.with_suffix(".tmp")
+        save_checkpoint(tmp, model, history=history, name=name)
+        tmp.replace(path)  # atomic: a crash never leaves half a checkpoint behind
+    return model.cpu().eval(), history
