@@ -1,0 +1,29 @@
+"""The benchmarks run (quick mode) and report what they promise; their speed is not asserted here."""
+import math
+
+import pytest
+
+from benchmarks import bench_metrics, bench_sliding_window, bench_training
+
+pytestmark = pytest.mark.slow
+
+
+def test_sliding_window_benchmark_reports_agreement_speedup_and_flop_ratio():
+    rows = bench_sliding_window.run(quick=True)
+    assert rows
+    for row in rows:
+        assert row["max_abs_diff"] < 1e-4
+        assert row["ratio"] > 0 and "flop_ratio" in row
+
+
+def test_metrics_benchmark_compares_with_torchmetrics():
+    rows = bench_metrics.run(quick=True)
+    cases = " ".join(row["case"] for row in rows)
+    assert "torchmetrics" in cases and "segutils" in cases
+    assert all(row["ratio"] > 0 for row in rows if "ratio" in row)
+
+
+def test_training_benchmark_has_one_row_per_model_family():
+    rows = bench_training.run(quick=True)
+    assert len(rows) == 5
+    assert all(row["seconds"] > 0 and (row["reached"] or math.isinf(row["seconds"])) for row in rows)
