@@ -1,7 +1,7 @@
 """Run every benchmark, print one table, and write benchmarks/results.json.
 
 Usage: ``python benchmarks/run_all.py [--quick] [NAME ...]`` where NAME picks
-benchmarks by module suffix (``metrics``, ``sliding_window``, ``training``).
+benchmarks by module suffix (``metrics``, ``sliding_window``, ``training``, ``grading``).
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ sys.path.insert(0, str(ROOT.parent))
 
 import torch  # noqa: E402
 
-BENCHMARKS = ("metrics", "sliding_window", "training")
+BENCHMARKS = ("metrics", "sliding_window", "training", "grading")
 
 
 def _format(value: object) -> str:

@@ -1,4 +1,4 @@
-"""The ``segutils`` command line: ``info``, ``preview``, ``train``."""
+"""The ``segutils`` command line: ``info``, ``preview``, ``train``, ``grade``."""
 from __future__ import annotations
 
 import argparse
@@ -98,6 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--device", default=None, help="e.g. cpu, cuda:0 (default: segutils.get_device())")
     train.add_argument("--checkpoint", default=None, help="where to save the trained model")
     train.set_defaults(run=_train)
+
+    from segutils.grading.cli import add_grade_parser
+
+    add_grade_parser(commands)
     return parser
 
 

@@ -1,0 +1,21 @@
+"""Instructor autograding on nbgrader's data model: ``segutils grade ASSIGNMENT``.
+
+nbgrader's own converters and gradebook do the grading; this subpackage adds what a real class
+needs around them:
+
+- :mod:`~segutils.grading.importer`: submissions from a learning platform (``<student>.ipynb`` or
+  ``<student>.zip``) into nbgrader's ``submitted/<student>/<assignment>/`` layout, zips unpacked safely.
+- :mod:`~segutils.grading.sandbox`: the bubblewrap command and resource limits a notebook runs under.
+- :mod:`~segutils.grading.execute`: the notebook executor that runs *inside* the sandbox.
+- :mod:`~segutils.grading.guard`: in-kernel integrity checks around every graded test cell.
+- :mod:`~segutils.grading.preprocessors`: nbgrader preprocessors: cell-structure restoration
+  (tamper protection), the sandboxed ``Execute`` replacement, hidden-test redaction in feedback.
+- :mod:`~segutils.grading.runner`: one student's grading job (nbgrader ``Autograde`` + ``GenerateFeedback``).
+- :mod:`~segutils.grading.pool` / :mod:`~segutils.grading.cluster`: local worker processes; Dask.
+- :mod:`~segutils.grading.state`: what was graded, from which submission (re-runs skip it).
+- :mod:`~segutils.grading.batch`: the whole command: import, schedule, persist, export, report.
+- :mod:`~segutils.grading.report`: the summary HTML with plots.
+- :mod:`~segutils.grading.cli`: ``add_grade_parser`` for the ``segutils`` command line.
+
+Heavy dependencies (nbgrader, nbclient, dask, matplotlib) are imported where they are used.
+"""

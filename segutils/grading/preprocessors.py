@@ -1,0 +1,522 @@
+"""nbgrader preprocessors of ``segutils grade``.
+
+They plug into nbgrader's own converters through its configuration
+(``Autograde.sanitize_preprocessors``, ``Autograde.autograde_preprocessors``,
+``GenerateFeedback.preprocessors``; see :func:`segutils.grading.runner.nbgrader_config`):
+
+- :class:`RestoreStructure` (sanitize step, before nbgrader's ``OverwriteCells``): puts every cell
+  the gradebook knows back into the assignment's order, re-creates deleted ones from the gradebook,
+  rebuilds their nbgrader metadata (points, locked, grade, solution) from the gradebook and strips
+  nbgrader metadata and tags from every other cell. ``OverwriteCells`` then restores locked sources.
+- :class:`SandboxedExecute` (autograde step, replaces nbgrader's ``Execute``): runs the notebook in
+  :mod:`segutils.grading.execute` inside the sandbox and turns what it reports into cell outputs
+  from which nbgrader's ``SaveAutoGrades`` computes the scores it would compute for an honest
+  notebook: a test cell fails exactly when its execution failed (the kernel's reply, not what reached
+  stderr), or when the integrity guard saw the test's tools replaced while it ran.
+- :class:`RedactHiddenTests` (feedback step): hidden-test source and tracebacks out of the HTML
+  feedback, pass/fail and the failure message kept.
+
+Per-notebook details (notes, cell results, timings) go to :data:`DETAILS`, read by the runner.
+"""
+from __future__ import annotations
+
+import ast
+import json
+import os
+import re
+import selectors
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import nbformat
+from nbformat import NotebookNode
+from nbgrader import utils
+from nbgrader.api import Gradebook
+from nbgrader.preprocessors import Execute, NbGraderPreprocessor
+from traitlets import Bool, Dict, Float, Integer, List, Unicode
+
+from segutils.grading import sandbox
+
+#: Details of the notebooks graded in this process, by notebook id (filled by the preprocessors).
+DETAILS: dict[str, dict] = {}
+
+#: Notebook metadata key that marks a substitute for a submission that could not be graded.
+REJECTED_KEY = "segutils_grading"
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def details(resources: dict) -> dict:
+    notebook = resources["nbgrader"]["notebook"]
+    return DETAILS.setdefault(notebook, {"notes": [], "cells": {}, "cuda_devices": 0, "seconds": 0.0})
+
+
+def _nbgrader_meta(cell: NotebookNode) -> dict:
+    meta = cell.get("metadata", {}).get("nbgrader")
+    return meta if isinstance(meta, dict) else {}
+
+
+class RestoreStructure(NbGraderPreprocessor):
+    """Rebuild the notebook's graded structure from the gradebook (tamper protection).
+
+    Cells whose ``grade_id`` the gradebook knows ("known cells") are put in the assignment's order;
+    each keeps the cells the student wrote after it. A known cell missing from the submission is
+    re-created from the gradebook (a solution cell as its unanswered stub). The nbgrader metadata of
+    known cells is rebuilt from the gradebook, and every other cell loses its nbgrader metadata and
+    its tags (``skip-execution`` would otherwise skip a test).
+    """
+
+    cell_order = Dict(help="notebook name -> grade_ids in the order of the release notebook").tag(config=True)
+    release_sources = Dict(help="notebook name -> {grade_id: source in the release}").tag(config=True)
+
+    def preprocess(self, nb: NotebookNode, resources: dict) -> tuple[NotebookNode, dict]:
+        notebook_id = resources["nbgrader"]["notebook"]
+        assignment_id = resources["nbgrader"]["assignment"]
+        notes = details(resources)["notes"]
+        with Gradebook(resources["nbgrader"]["db_url"]) as gb:
+            source_nb = gb.find_notebook(notebook_id, assignment_id)
+            sources = {c.name: c for c in source_nb.source_cells}
+            points = {c.name: float(c.max_score) for c in source_nb.grade_cells}
+            solutions = {c.name for c in source_nb.solution_cells}
+            tasks = {c.name for c in source_nb.task_cells}
+            known_specs = {
+                name: {"cell_type": c.cell_type, "locked": bool(c.locked), "source": c.source} for name, c in sources.items()
+            }
+        order = [gid for gid in self.cell_order.get(notebook_id, []) if gid in known_specs]
+        order += [gid for gid in known_specs if gid not in order]
+        released = self.release_sources.get(notebook_id, {})
+
+        known: dict[str, NotebookNode] = {}
+        seen_order: list[str] = []
+        after: dict[str | None, list[NotebookNode]] = {None: []}
+        anchor: str | None = None
+        for cell in nb.cells:
+            gid = _nbgrader_meta(cell).get("grade_id")
+            if gid in known_specs and gid not in known:
+                known[gid] = cell
+                seen_order.append(gid)
+                anchor = gid
+                after[gid] = []
+            else:
+                cell.metadata.pop("nbgrader", None)
+                cell.metadata.pop("tags", None)
+                after[anchor].append(cell)
+
+        if seen_order != [gid for gid in order if gid in known]:
+            notes.append("graded cells were out of the assignment's order and were moved back")
+        cells: list[NotebookNode] = list(after[None])
+        for gid in order:
+            spec = known_specs[gid]
+            cell = known.get(gid)
+            if cell is None:
+                kind = "test cell" if gid in points and gid not in solutions else "cell"
+                notes.append(f"{kind} {gid!r} was missing from the submission and was restored")
+                cell = _new_cell(spec["cell_type"], spec["source"])
+            else:
+                old = _nbgrader_meta(cell)
+                if gid in points and "points" in old and _as_float(old.get("points")) != points[gid]:
+                    notes.append(f"cell {gid!r}: points changed to {old.get('points')!r} in the submission; "
+                                 f"restored to {points[gid]:g}")
+                for flag, value in (("locked", spec["locked"]), ("grade", gid in points),
+                                    ("solution", gid in solutions)):
+                    if bool(old.get(flag, False)) != value:
+                        notes.append(f"cell {gid!r}: metadata {flag!r} changed in the submission; restored")
+                if spec["locked"] and gid in released and cell.get("source") != released[gid]:
+                    notes.append(f"locked cell {gid!r} was edited in the submission; its original was restored")
+                if cell.get("cell_type") != spec["cell_type"]:
+                    notes.append(f"cell {gid!r} was turned into a {cell.get('cell_type')} cell; restored")
+            meta = {"grade": gid in points, "grade_id": gid, "locked": spec["locked"], "schema_version": 3,
+                    "solution": gid in solutions, "task": gid in tasks}
+            if gid in points:
+                meta["points"] = points[gid]
+            cell.metadata = nbformat.from_dict({"nbgrader": meta})
+            if spec["locked"]:
+                cell.metadata.update({"deletable": False, "editable": False})
+            cells.append(cell)
+            cells.extend(after.get(gid, []))
+        nb.cells = cells
+        return nb, resources
+
+
+def _as_float(value: Any) -> float | None:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _new_cell(cell_type: str, source: str) -> NotebookNode:
+    if cell_type == "code":
+        return nbformat.v4.new_code_cell(source=source)
+    if cell_type == "raw":
+        return nbformat.v4.new_raw_cell(source=source)
+    return nbformat.v4.new_markdown_cell(source=source)
+
+
+# -- what the locked cells import ----------------------------------------------------------------
+def imports_of(source: str) -> tuple[list[str], list[str]]:
+    """Modules a cell imports and the names it binds to them (magics and shell lines ignored)."""
+    lines = [line for line in source.splitlines() if not line.lstrip().startswith(("%", "!"))]
+    try:
+        tree = ast.parse("\n".join(lines))
+    except SyntaxError:
+        return [], []
+    modules: list[str] = []
+    names: list[str] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                modules.append(alias.name)
+                names.append(alias.asname or alias.name.split(".")[0])
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            modules.append(node.module)
+            names += [alias.asname or alias.name for alias in node.names if alias.name != "*"]
+    return list(dict.fromkeys(modules)), list(dict.fromkeys(names))
+
+
+def cell_plan(nb: NotebookNode) -> tuple[list[dict], list[str]]:
+    """The executor's plan (one entry per code cell) and the modules the guard should watch."""
+    plan, modules = [], []
+    for index, cell in enumerate(nb.cells):
+        if cell.cell_type != "code":
+            continue
+        meta = _nbgrader_meta(cell)
+        if utils.is_grade(cell) and not utils.is_solution(cell):
+            kind = "graded"
+        elif meta.get("locked"):
+            kind = "locked"
+        else:
+            kind = "code"
+        entry: dict[str, Any] = {"index": index, "kind": kind, "grade_id": meta.get("grade_id")}
+        if kind == "locked":
+            cell_modules, names = imports_of(cell.source)
+            modules += cell_modules
+            entry["pins"] = names
+        plan.append(entry)
+    return plan, list(dict.fromkeys(modules))
+
+
+# -- validating what the sandbox reports -----------------------------------------------------------
+def _text(value: Any, limit: int) -> str:
+    if isinstance(value, list):
+        value = "".join(str(v) for v in value)
+    return str(value)[:limit]
+
+
+def clean_output(output: Any, limit: int) -> NotebookNode | None:
+    """A well-formed nbformat output from an untrusted dict, or ``None``."""
+    if not isinstance(output, dict):
+        return None
+    kind = output.get("output_type")
+    if kind == "stream" and output.get("name") in ("stdout", "stderr"):
+        return nbformat.v4.new_output("stream", name=output["name"], text=_text(output.get("text", ""), limit))
+    if kind == "error":
+        tb = output.get("traceback", [])
+        tb = [_text(line, 10_000) for line in tb[-sandbox_traceback_lines():]] if isinstance(tb, list) else []
+        return nbformat.v4.new_output("error", ename=_text(output.get("ename", "Error"), 200),
+                                      evalue=_text(output.get("evalue", ""), 10_000), traceback=tb)
+    if kind in ("display_data", "execute_result"):
+        data = output.get("data", {})
+        if not isinstance(data, dict):
+            return None
+        clean = {}
+        for mime, value in data.items():
+            if not isinstance(mime, str):
+                continue
+            clean[mime[:100]] = value if mime.endswith("json") and isinstance(value, (dict, list)) else _text(value, limit)
+        metadata = output.get("metadata", {})
+        metadata = metadata if isinstance(metadata, dict) else {}
+        try:
+            json.dumps(metadata)
+        except (TypeError, ValueError):
+            metadata = {}
+        if kind == "execute_result":
+            count = output.get("execution_count")
+            return nbformat.v4.new_output("execute_result", data=clean, metadata=metadata,
+                                          execution_count=count if isinstance(count, int) else None)
+        return nbformat.v4.new_output("display_data", data=clean, metadata=metadata)
+    return None
+
+
+def sandbox_traceback_lines() -> int:
+    return 200
+
+
+def _error(ename: str, evalue: str, traceback: list[str] | None = None) -> NotebookNode:
+    return nbformat.v4.new_output("error", ename=ename, evalue=evalue,
+                                  traceback=traceback or [f"\x1b[0;31m{ename}\x1b[0m: {evalue}"])
+
+
+class SandboxedExecute(Execute):
+    """nbgrader's ``Execute``, run in a bubblewrap sandbox by :mod:`segutils.grading.execute`.
+
+    Configured like ``Execute`` (``timeout`` is the per-cell timeout) plus the traits below. With
+    ``sandbox = False`` the executor still runs in a child process with the resource limits, but
+    without namespaces (the student's code has the grader's rights).
+    """
+
+    sandbox = Bool(True, help="run the notebook in a bubblewrap sandbox").tag(config=True)
+    limits = Dict(help="segutils.grading.sandbox.Limits fields (timeout overrides cell_timeout)").tag(config=True)
+    gpu = Dict(allow_none=True, default_value=None,
+               help="the GPU this notebook may use: {bus_id, minor, uuid}; None for the CPU only").tag(config=True)
+    stderr_fails = Bool(False, help="nbgrader's rule: any stderr output fails a test cell").tag(config=True)
+    notebook_timeout = Float(0.0, help="wall seconds for the whole notebook (0: from the limits)").tag(config=True)
+    max_kernel_deaths = Integer(3, help="kernel deaths tolerated before the remaining cells are not run").tag(config=True)
+    python = Unicode(sys.executable, help="the interpreter that runs the executor and the kernel").tag(config=True)
+    extra_guard_modules = List(Unicode(), help="modules the guard watches besides the locked cells' imports").tag(
+        config=True)
+
+    def _limits(self) -> sandbox.Limits:
+        data = dict(self.limits)
+        if self.timeout:
+            data["cell_timeout"] = float(self.timeout)
+        if self.notebook_timeout:
+            data["notebook_timeout"] = float(self.notebook_timeout)
+        return sandbox.Limits.from_dict(data)
+
+    def preprocess(self, nb: NotebookNode, resources: dict) -> tuple[NotebookNode, dict]:
+        info = details(resources)
+        rejected = nb.metadata.get(REJECTED_KEY, {}).get("rejected") if isinstance(
+            nb.metadata.get(REJECTED_KEY), dict) else None
+        if rejected:
+            for cell in nb.cells:
+                if cell.cell_type == "code" and utils.is_grade(cell) and not utils.is_solution(cell):
+                    cell.outputs = [_error("SubmissionRejected", rejected)]
+                    info["cells"][_nbgrader_meta(cell)["grade_id"]] = {
+                        "status": "rejected", "ename": "SubmissionRejected", "evalue": rejected, "seconds": 0.0}
+            return nb, resources
+        limits = self._limits()
+        plan, modules = cell_plan(nb)
+        modules = list(dict.fromkeys(modules + list(self.extra_guard_modules)))
+        build_dir = Path(resources.get("metadata", {}).get("path") or ".")
+        name = f"{resources['nbgrader']['notebook']}.ipynb"
+        staging = Path(tempfile.mkdtemp(prefix="segutils-exec-"))
+        try:
+            records, end, problem = self._run(nb, plan, modules, limits, build_dir, name, staging)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        self._apply(nb, plan, records, end, problem, limits, info)
+        return nb, resources
+
+    # -- running the executor ----------------------------------------------------------------
+    def _run(self, nb, plan, modules, limits, build_dir, name, staging):
+        files = staging / "input" / "files"
+        files.mkdir(parents=True)
+        for path in build_dir.iterdir() if build_dir.is_dir() else []:
+            if path.name == name or path.name.startswith("."):
+                continue
+            target = files / path.name
+            if path.is_dir() and not path.is_symlink():
+                shutil.copytree(path, target, symlinks=False, ignore_dangling_symlinks=True)
+            elif path.is_file() and not path.is_symlink():
+                shutil.copy2(path, target)
+        clean = nbformat.from_dict(json.loads(json.dumps(nb)))
+        nbformat.write(clean, files / name)
+        spec = {"notebook": name, "cells": plan, "guard_modules": modules, "limits": limits.to_dict(),
+                "max_kernel_deaths": int(self.max_kernel_deaths), "startup_timeout": int(self.startup_timeout or 120)}
+        (staging / "input" / "spec.json").write_text(json.dumps(spec), encoding="utf-8")
+        os.chmod(staging, 0o755)
+        for root, dirs, filenames in os.walk(staging / "input"):
+            for d in dirs:
+                os.chmod(Path(root) / d, 0o755)
+            for f in filenames:
+                os.chmod(Path(root) / f, 0o644)
+
+        gpu = sandbox.GpuDevice(**self.gpu) if self.gpu else None
+        env = sandbox.sandbox_env(limits, gpu, use_cuda=gpu is not None)
+        read_fd, write_fd = os.pipe()
+        if self.sandbox:
+            inner = sandbox.bootstrap_command(self.python, "execute", [
+                "--input", sandbox.SANDBOX_INPUT, "--work", f"{sandbox.SANDBOX_TMP}/work", "--result-fd", str(write_fd),
+                "--sandboxed"])
+            command = sandbox.sandbox_command(inner, input_dir=staging / "input", limits=limits, env=env, gpu=gpu)
+            popen_env = None
+        else:
+            home = staging / "home"
+            for key in ("HOME", "MPLCONFIGDIR", "IPYTHONDIR", "JUPYTER_RUNTIME_DIR"):
+                env[key] = str(home / Path(env[key]).relative_to(f"{sandbox.SANDBOX_TMP}/home")) if key != "HOME" else str(home)
+            command = sandbox.bootstrap_command(self.python, "execute", [
+                "--input", str(staging / "input"), "--work", str(staging / "work"), "--result-fd", str(write_fd)])
+            popen_env = env
+        log_path = staging / "executor.log"
+        records: dict[int, dict] = {}
+        end: dict | None = None
+        problem = ""
+        deadline = time.monotonic() + limits.notebook_timeout
+        max_line = 4 * limits.notebook_output_bytes + (1 << 20)
+        cgroup = sandbox.PidsCgroup(limits.processes) if self.sandbox else None
+        with open(log_path, "wb") as log:
+            process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=popen_env,
+                                       pass_fds=(write_fd,), start_new_session=True,
+                                       preexec_fn=cgroup.enter if cgroup and cgroup.path else None)
+        os.close(write_fd)
+        buffer = b""
+        selector = selectors.DefaultSelector()
+        selector.register(read_fd, selectors.EVENT_READ)
+        try:
+            while True:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    problem = f"the notebook ran longer than {limits.notebook_timeout:g} s and was stopped"
+                    break
+                if not selector.select(timeout=min(remaining, 1.0)):
+                    continue
+                chunk = os.read(read_fd, 1 << 20)
+                if not chunk:
+                    break
+                buffer += chunk
+                while b"\n" in buffer:
+                    line, buffer = buffer.split(b"\n", 1)
+                    kind, payload = _parse_record(line)
+                    if kind == "cell" and payload["index"] not in records:
+                        records[payload["index"]] = payload
+                    elif kind == "end":
+                        end = payload
+                    elif kind == "crash":
+                        problem = f"the executor failed: {payload.get('error', '')[:500]}"
+                if len(buffer) > max_line:
+                    problem = "the executor wrote an oversized record"
+                    break
+        finally:
+            selector.close()
+            os.close(read_fd)
+            _kill_group(process)
+            if cgroup is not None:
+                cgroup.__exit__(None, None, None)
+        if not problem and end is None:
+            code = process.returncode
+            tail = log_path.read_bytes()[-2000:].decode("utf-8", "replace") if log_path.exists() else ""
+            problem = f"the sandbox stopped before the notebook finished (exit status {code}) {tail.strip()[-500:]}"
+        return records, end, problem
+
+    # -- turning reports into outputs ----------------------------------------------------------
+    def _apply(self, nb, plan, records, end, problem, limits, info) -> None:
+        info["seconds"] = float((end or {}).get("seconds", 0.0))
+        info["kernel_deaths"] = int((end or {}).get("kernel_deaths", 0))
+        for note in (end or {}).get("notes", [])[:50]:
+            info["notes"].append(_text(note, 500))
+        if problem:
+            info["notes"].append(problem)
+        starts = [r for r in records.values()]
+        del starts
+        limit = limits.cell_output_bytes
+        for entry in plan:
+            index = entry["index"]
+            cell = nb.cells[index]
+            record = records.get(index)
+            graded = entry["kind"] == "graded"
+            if record is None:
+                reason = problem or "the notebook stopped before this cell"
+                cell.outputs = [_error("NotRun", reason)] if graded else []
+                status, ename, evalue, seconds, restored, tampered = "not_run", "NotRun", reason, 0.0, [], []
+            else:
+                outputs = [o for o in (clean_output(o, limit) for o in record.get("outputs", [])[:1000]) if o is not None]
+                status = str(record.get("status", "error"))
+                ename, evalue = _text(record.get("ename", ""), 200), _text(record.get("evalue", ""), 10_000)
+                seconds = float(record.get("seconds", 0.0)) if isinstance(record.get("seconds"), (int, float)) else 0.0
+                restored = [_text(x, 200) for x in record.get("restored", [])][:50] if isinstance(
+                    record.get("restored"), list) else []
+                tampered = [_text(x, 200) for x in record.get("tampered", [])][:50] if isinstance(
+                    record.get("tampered"), list) else []
+                if status != "ok" and not any(o.output_type == "error" for o in outputs):
+                    tb = record.get("traceback") if isinstance(record.get("traceback"), list) else None
+                    outputs.append(_error(ename or "Error", evalue, [_text(t, 10_000) for t in tb] if tb else None))
+                if status == "ok" and ename == "OutputLimitExceeded":
+                    status = "error"
+                if graded:
+                    outputs = self._graded_outputs(outputs, status, tampered, restored)
+                count = record.get("execution_count")
+                cell.execution_count = count if isinstance(count, int) else None
+                for note in record.get("notes", [])[:10] if isinstance(record.get("notes"), list) else []:
+                    info["notes"].append(f"cell {entry.get('grade_id') or index}: {_text(note, 300)}")
+                cell.outputs = outputs
+            if graded:
+                if tampered:
+                    status, ename = "error", "GradingIntegrityError"
+                    evalue = "; ".join(tampered)
+                info["cells"][entry["grade_id"]] = {
+                    "status": status, "ename": ename, "evalue": evalue[:2000], "seconds": round(seconds, 3),
+                    "restored": restored, "tampered": tampered}
+            elif record is not None and status != "ok":
+                info["notes"].append(f"cell {entry.get('grade_id') or index} failed: {ename}: {evalue[:300]}")
+
+    def _graded_outputs(self, outputs, status, tampered, restored):
+        if tampered:
+            outputs.append(_error("GradingIntegrityError",
+                                  "while this test ran, the notebook replaced what the tests rely on: "
+                                  + ", ".join(tampered)))
+            status = "error"
+        if status != "ok":
+            # A failed test gets no partial credit from a value it printed: only the error counts.
+            outputs = [nbformat.v4.new_output("display_data", data=o.data, metadata=o.metadata)
+                       if o.output_type == "execute_result" else o for o in outputs]
+            errors = [o for o in outputs if o.output_type == "error"]
+            outputs = errors[:1] + [o for o in outputs if o is not errors[0]] if errors else outputs
+        elif not self.stderr_fails:
+            # The test passed (the kernel said so): stderr (a PyTorch warning, a progress bar) is not a failure.
+            outputs = [nbformat.v4.new_output("stream", name="stdout", text=o.text)
+                       if o.output_type == "stream" and o.name == "stderr" else o for o in outputs]
+        if restored:
+            outputs.insert(0, nbformat.v4.new_output(
+                "stream", name="stdout",
+                text="[grader] restored before this test (the notebook had replaced them): " + ", ".join(restored) + "\n"))
+        return outputs
+
+
+def _parse_record(line: bytes) -> tuple[str, dict]:
+    try:
+        payload = json.loads(line.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        return "", {}
+    if not isinstance(payload, dict):
+        return "", {}
+    kind = payload.get("type")
+    if kind == "cell" and not (isinstance(payload.get("index"), int) and isinstance(payload.get("outputs", []), list)):
+        return "", {}
+    return str(kind), payload
+
+
+def _kill_group(process: subprocess.Popen) -> None:
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        pass
+
+
+class RedactHiddenTests(NbGraderPreprocessor):
+    """Feedback without the hidden tests' source: their region becomes a one-line comment and a failing
+    test's traceback becomes its last line (``AssertionError: <message>``). Disabled unless enabled."""
+
+    enabled = Bool(False, help="redact hidden tests in feedback").tag(config=True)
+    begin = Unicode("BEGIN HIDDEN TESTS", help="start marker of a hidden-test region").tag(config=True)
+    end = Unicode("END HIDDEN TESTS", help="end marker of a hidden-test region").tag(config=True)
+
+    def preprocess_cell(self, cell: NotebookNode, resources: dict, cell_index: int) -> tuple[NotebookNode, dict]:
+        if cell.cell_type != "code" or not utils.is_grade(cell) or self.begin not in cell.source:
+            return cell, resources
+        lines, kept, hidden, inside = cell.source.split("\n"), [], 0, False
+        for line in lines:
+            if self.begin in line:
+                inside = True
+                indent = line[: len(line) - len(line.lstrip())]
+                kept.append(f"{indent}# [hidden tests: run when graded, source not shown]")
+            elif self.end in line:
+                inside = False
+            elif inside:
+                hidden += 1
+            else:
+                kept.append(line)
+        cell.source = "\n".join(kept)
+        for output in cell.get("outputs", []):
+            if output.output_type == "error":
+                output.traceback = [f"\x1b[0;31m{output.ename}\x1b[0m: {_ANSI.sub('', output.evalue)}"]
+        return cell, resources

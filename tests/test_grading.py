@@ -1,0 +1,301 @@
+"""``segutils grade``: fast unit tests of its parts (no kernel is started here).
+
+The end-to-end batches are in ``tests/test_grading_batch.py`` (sandboxed, hostile submissions),
+``tests/test_grading_cluster.py`` (Dask + PostgreSQL) and ``tests/test_grading_benchmark.py``.
+"""
+from __future__ import annotations
+
+import io
+import json
+import stat
+import sys
+import zipfile
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from segutils.grading import cluster, importer, report, sandbox, state
+from segutils.grading.preprocessors import RedactHiddenTests, cell_plan, clean_output, imports_of
+from segutils.grading.runner import check_submission, safe_relpath
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "grading"
+sys.path.insert(0, str(FIXTURES))
+import cases  # noqa: E402
+
+RELEASE_JSON = json.dumps(nbformat.v4.new_notebook(cells=[
+    nbformat.v4.new_code_cell("x = 1", metadata={"nbgrader": {"grade_id": "square", "solution": True,
+                                                              "grade": False, "locked": False}}),
+]))
+
+
+def _zip(members: dict[str, bytes], links: dict[str, str] | None = None) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+        for name, target in (links or {}).items():
+            info = zipfile.ZipInfo(name)
+            info.external_attr = (stat.S_IFLNK | 0o777) << 16
+            archive.writestr(info, target)
+    return buffer.getvalue()
+
+
+# -- importer ---------------------------------------------------------------------------------------
+def test_flat_folder_is_imported_into_nbgraders_layout(tmp_path):
+    source, submitted = tmp_path / "export", tmp_path / "course" / "submitted"
+    source.mkdir()
+    (source / "alice.ipynb").write_bytes(b"alice's notebook")
+    (source / "alice.timestamp.txt").write_bytes(b"2024-03-01 12:30:00.000000 UTC")
+    (source / "bob.zip").write_bytes(_zip({"bob/answers.ipynb": b"bob's", "bob/data.csv": b"1,2",
+                                           "bob/timestamp.txt": b"2024-03-02 08:00:00 UTC"}))
+    (source / "carol.zip").write_bytes(_zip({"mini.ipynb": b"carol's", "../../escaped.txt": b"x",
+                                             "/tmp/segutils_abs_escape.txt": b"x"}, links={"link": "/etc/passwd"}))
+    (source / "notes.txt").write_bytes(b"not a submission")
+    (source / "bad id!.ipynb").write_bytes(b"{}")
+    got = importer.import_submissions(source, submitted, "mini", ["mini.ipynb"])
+
+    assert got.students == ["alice", "bob", "carol"]
+    read = lambda *p: (submitted.joinpath(*p)).read_bytes()  # noqa: E731
+    assert read("alice", "mini", "mini.ipynb") == b"alice's notebook"
+    assert read("alice", "mini", "timestamp.txt") == b"2024-03-01 12:30:00.000000 UTC"
+    assert read("bob", "mini", "mini.ipynb") == b"bob's"  # renamed, common folder stripped
+    assert read("bob", "mini", "data.csv") == b"1,2"
+    assert read("bob", "mini", "timestamp.txt").startswith(b"2024-03-02")
+    carol = sorted(p.relative_to(submitted / "carol" / "mini").as_posix()
+                   for p in (submitted / "carol" / "mini").rglob("*"))
+    assert carol == ["mini.ipynb"]
+    assert not (tmp_path / "escaped.txt").exists() and not Path("/tmp/segutils_abs_escape.txt").exists()
+    refusals = " ".join(got.notes["carol"])
+    assert refusals.count("refused") == 3 and "link" in refusals
+    assert any("notes.txt" in p for p in got.problems) and any("bad id!" in p for p in got.problems)
+
+
+def test_nbgrader_layout_is_copied_and_a_reimport_changes_nothing(tmp_path):
+    source, submitted = tmp_path / "in", tmp_path / "submitted"
+    (source / "dave" / "mini").mkdir(parents=True)
+    (source / "dave" / "mini" / "mini.ipynb").write_bytes(b"v1")
+    (source / "erin" / "other").mkdir(parents=True)  # another assignment only: not a student of mini
+    assert importer.import_submissions(source, submitted, "mini", ["mini.ipynb"]).students == ["dave"]
+    target = submitted / "dave" / "mini" / "mini.ipynb"
+    before = target.stat().st_mtime_ns
+    importer.import_submissions(source, submitted, "mini", ["mini.ipynb"])
+    assert target.stat().st_mtime_ns == before
+    (source / "dave" / "mini" / "mini.ipynb").write_bytes(b"v2")
+    importer.import_submissions(source, submitted, "mini", ["mini.ipynb"])
+    assert target.read_bytes() == b"v2"
+
+
+def test_a_bad_timestamp_is_dropped_with_a_note(tmp_path):
+    source = tmp_path / "in"
+    source.mkdir()
+    (source / "frank.zip").write_bytes(_zip({"mini.ipynb": b"nb", "timestamp.txt": b"yesterday-ish"}))
+    got = importer.import_submissions(source, tmp_path / "submitted", "mini", ["mini.ipynb"])
+    assert not (tmp_path / "submitted" / "frank" / "mini" / "timestamp.txt").exists()
+    assert any("timestamp" in n for n in got.notes["frank"])
+
+
+@pytest.mark.parametrize("name", ["../x", "/etc/passwd", "a/../../b", "", "C:/x"])
+def test_unsafe_relative_paths_are_refused(name):
+    with pytest.raises(ValueError):
+        safe_relpath(name)
+
+
+# -- what is accepted as a submission ----------------------------------------------------------------
+@pytest.mark.parametrize("data, reason", [
+    (b"", "empty file"), (b"def f(): pass", "not valid JSON"), (b'{"cells": 3}', "not a valid Jupyter notebook"),
+])
+def test_unreadable_submissions_are_rejected_with_a_reason(tmp_path, data, reason):
+    (tmp_path / "mini.ipynb").write_bytes(data)
+    why, _ = check_submission(tmp_path, "mini.ipynb", RELEASE_JSON.encode(), "mini")
+    assert why is not None and reason in why
+
+
+def test_another_assignments_notebook_and_a_foreign_kernel(tmp_path):
+    nb = nbformat.reads(RELEASE_JSON, as_version=4)
+    nb.cells[0].metadata["nbgrader"]["grade_id"] = "other"
+    nbformat.write(nb, tmp_path / "mini.ipynb")
+    why, _ = check_submission(tmp_path, "mini.ipynb", RELEASE_JSON.encode(), "mini")
+    assert "another assignment" in why
+    nb.cells[0].metadata["nbgrader"]["grade_id"] = "square"
+    nb.metadata["kernelspec"] = {"name": "ir", "display_name": "R", "language": "R"}
+    nbformat.write(nb, tmp_path / "mini.ipynb")
+    why, notes = check_submission(tmp_path, "mini.ipynb", RELEASE_JSON.encode(), "mini")
+    assert why is None and any("'ir'" in n for n in notes)
+    why, _ = check_submission(tmp_path, "missing.ipynb", RELEASE_JSON.encode(), "mini")
+    assert "no notebook named missing.ipynb" in why
+
+
+# -- preprocessors --------------------------------------------------------------------------------------
+def test_redaction_keeps_the_message_and_drops_the_hidden_source():
+    source = ("assert f(3) == 9, 'visible'\n### BEGIN HIDDEN TESTS\nassert math.isclose(f(1.5), 2.25), 'f(1.5) wrong'\n"
+              "### END HIDDEN TESTS")
+    cell = nbformat.v4.new_code_cell(source, metadata={"nbgrader": {"grade": True, "grade_id": "t", "points": 1,
+                                                                    "locked": True, "solution": False}})
+    cell.outputs = [nbformat.v4.new_output("error", ename="AssertionError", evalue="f(1.5) wrong", traceback=[
+        "----", "\x1b[0;32m----> 3\x1b[0m assert math.isclose(f(1.5), 2.25), 'f(1.5) wrong'", "AssertionError: f(1.5) wrong"])]
+    off = RedactHiddenTests(enabled=False)
+    assert "math.isclose" in json.dumps(off(nbformat.v4.new_notebook(cells=[cell.copy()]), {})[0])
+    redacted, _ = RedactHiddenTests(enabled=True).preprocess_cell(cell, {}, 0)
+    text = json.dumps(redacted)
+    assert "math.isclose" not in text and "BEGIN HIDDEN" not in text
+    assert "assert f(3) == 9" in redacted.source and "f(1.5) wrong" in redacted.outputs[0].traceback[0]
+
+
+def test_cell_plan_marks_tests_and_pins_the_locked_imports():
+    nb = nbformat.read(FIXTURES / "mini_course" / "solutions" / "mini" / "mini.ipynb", as_version=4)
+    plan, modules = cell_plan(nb)
+    kinds = {entry["grade_id"]: entry["kind"] for entry in plan}
+    assert kinds == {"setup": "locked", "square": "code", "test_square": "graded", "test_square_float": "graded",
+                     "double": "code", "test_double": "graded"}
+    assert modules == ["math", "torch", "segutils"]
+    assert imports_of("%matplotlib inline\nimport numpy as np\nfrom a.b import c as d\n") == (["numpy", "a.b"], ["np", "d"])
+
+
+def test_untrusted_outputs_are_sanitized():
+    assert clean_output({"output_type": "stream", "name": "stdout", "text": "x" * 50}, 10).text == "x" * 10
+    assert clean_output({"output_type": "stream", "name": "/etc/passwd", "text": "x"}, 10) is None
+    assert clean_output({"output_type": "error", "ename": 3, "evalue": None, "traceback": "nope"}, 10).traceback == []
+    assert clean_output("not a dict", 10) is None
+
+
+# -- sandbox ------------------------------------------------------------------------------------------------
+def test_limits_are_validated():
+    with pytest.raises(ValueError, match="memory_bytes"):
+        sandbox.Limits(memory_bytes=0)
+    with pytest.raises(ValueError, match="processes"):
+        sandbox.Limits(processes=4)
+    with pytest.raises(ValueError, match="unknown Limits fields"):
+        sandbox.Limits.from_dict({"memory": 1})
+    assert sandbox.Limits.from_dict(sandbox.Limits().to_dict()) == sandbox.Limits()
+
+
+def test_the_sandbox_command_binds_nothing_of_the_course(tmp_path):
+    course = tmp_path / "course"
+    (course / "solutions").mkdir(parents=True)
+    inputs = tmp_path / "input"
+    inputs.mkdir()
+    cmd = sandbox.sandbox_command(["python", "-c", "pass"], input_dir=inputs, limits=sandbox.Limits(),
+                                  env={"A": "1"}, bwrap="/usr/bin/bwrap")
+    assert cmd[:2] == ["/usr/bin/bwrap", "--unshare-all"] and "--clearenv" in cmd and "--die-with-parent" in cmd
+    bound = [cmd[i + 1] for i, arg in enumerate(cmd) if arg in ("--bind", "--ro-bind", "--dev-bind")]
+    assert "--bind" not in cmd  # nothing of the host is writable
+    assert all(not Path(b).is_relative_to(course) for b in bound)
+    assert str(inputs.resolve()) in bound and cmd[-3:] == ["python", "-c", "pass"]
+    assert not any(Path(b).is_relative_to(Path(__file__).resolve().parents[1] / "solutions") for b in bound)
+
+
+def test_a_missing_bwrap_says_what_to_do(tmp_path):
+    sandbox.check_sandbox.cache_clear()
+    with pytest.raises(sandbox.SandboxUnavailable, match="bubblewrap"):
+        sandbox.check_sandbox(str(tmp_path / "no-bwrap"))
+    sandbox.check_sandbox.cache_clear()
+
+
+def test_gpus_are_discovered_from_the_driver(tmp_path):
+    for bus, minor, uuid in [("0000:41:00.0", 1, "GPU-b"), ("0000:01:00.0", 0, "GPU-a")]:
+        (tmp_path / bus).mkdir()
+        (tmp_path / bus / "information").write_text(f"Model: H200\nDevice Minor: {minor}\nGPU UUID: {uuid}\n")
+    (tmp_path / "broken").mkdir()
+    assert [(g.minor, g.uuid) for g in sandbox.discover_gpus(tmp_path)] == [(0, "GPU-a"), (1, "GPU-b")]
+    assert sandbox.discover_gpus(tmp_path / "absent") == []
+    env = sandbox.sandbox_env(sandbox.Limits(), sandbox.GpuDevice("x", 3, "GPU-z"), use_cuda=True)
+    assert env["CUDA_VISIBLE_DEVICES"] == "GPU-z"
+    assert sandbox.sandbox_env(sandbox.Limits(), None, use_cuda=False)["CUDA_VISIBLE_DEVICES"] == ""
+
+
+def test_bootstrap_runs_a_grading_module_without_importing_segutils_init():
+    import subprocess
+
+    cmd = sandbox.bootstrap_command(sys.executable, "runner", [])
+    done = subprocess.run(cmd[:2] + [cmd[2].replace("sys.exit(main())", "print(sorted(m for m in sys.modules if m in "
+                                                    "('torch', 'rfc3987_syntax') and sys.modules[m] is not None)); "
+                                                    "sys.exit(main())")], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and "usage" in done.stderr and done.stdout.strip() == "[]", done
+    with pytest.raises(ValueError):
+        sandbox.bootstrap_command(sys.executable, "os", [])
+
+
+def test_the_guard_undoes_replacements_and_adopts_library_wrappers(monkeypatch):
+    import contextlib
+    import functools
+    import types
+
+    from segutils.grading import guard
+
+    def helper():
+        return 1
+
+    module = types.ModuleType("segutils_fake_helpers")
+    module.helper, module.other = helper, helper
+    monkeypatch.setitem(sys.modules, "segutils_fake_helpers", module)
+    monkeypatch.setattr(guard, "_GUARD", None)
+    assert json.loads(guard.install("n1", ["segutils_fake_helpers"]))["nonce"] == "n1"
+    module.helper = contextlib.contextmanager(helper)  # a stdlib functools.wraps wrapper of the original
+    module.other = functools.wraps(helper)(lambda: 2)  # what a notebook does, even disguised as a wrapper
+    answer = json.loads(guard.restore("n2"))
+    assert answer["nonce"] == "n2" and answer["changed"] == ["segutils_fake_helpers.other"]
+    assert module.other is helper and module.helper.__wrapped__ is helper
+    assert json.loads(guard.check("n3"))["changed"] == []
+
+
+# -- cluster -------------------------------------------------------------------------------------------------
+def test_sqlite_is_refused_when_workers_are_remote():
+    local = {"127.0.0.1", "localhost", "grader"}
+    with pytest.raises(cluster.ClusterConfigError, match="SQLite.*10.0.0.7.*postgresql"):
+        cluster.check_gradebook_for_cluster("sqlite:////c/gradebook.db",
+                                            ["tcp://127.0.0.1:4000", "tcp://10.0.0.7:4000"], local)
+    cluster.check_gradebook_for_cluster("sqlite:////c/gradebook.db", ["tcp://127.0.0.1:1", "tcp://grader:2"], local)
+    cluster.check_gradebook_for_cluster("postgresql+psycopg2://u@db/g", ["tcp://10.0.0.7:4000"], local)
+
+
+# -- state and report ----------------------------------------------------------------------------------------
+def test_the_submission_digest_depends_on_files_assignment_and_options():
+    base = state.submission_digest({"a.ipynb": b"1"}, "fp", {"timeout": 5})
+    assert base == state.submission_digest({"a.ipynb": b"1"}, "fp", {"timeout": 5})
+    assert len({base, state.submission_digest({"a.ipynb": b"2"}, "fp", {"timeout": 5}),
+                state.submission_digest({"b.ipynb": b"1"}, "fp", {"timeout": 5}),
+                state.submission_digest({"a.ipynb": b"1"}, "fp2", {"timeout": 5}),
+                state.submission_digest({"a.ipynb": b"1"}, "fp", {"timeout": 6})}) == 5
+
+
+def test_replace_folder_swaps_in_complete_contents(tmp_path):
+    folder = tmp_path / "feedback" / "alice"
+    state.replace_folder(folder, {"a.html": b"1", "sub/b.txt": b"2"})
+    state.replace_folder(folder, {"a.html": b"3"})
+    assert sorted(p.name for p in folder.rglob("*")) == ["a.html"] and (folder / "a.html").read_bytes() == b"3"
+    assert [p.name for p in folder.parent.iterdir()] == ["alice"]
+
+
+def test_report_numbers_are_computed_from_the_results(tmp_path):
+    def result(student, square, double, seconds):
+        return {"student": student, "status": "graded", "message": "", "score": square + double, "max_score": 3.0,
+                "seconds": seconds, "exec_seconds": seconds / 2, "notes": [],
+                "cells": {"test_square": {"score": square, "max_score": 1.0, "ename": "AssertionError",
+                                          "evalue": "square(3) should be 9\nmore"},
+                          "test_double": {"score": double, "max_score": 2.0, "ename": "NameError",
+                                          "evalue": "name 'double' is not defined"}}}
+
+    results = [result("a", 1, 2, 3.0), result("b", 0, 2, 9.0), result("c", 0, 0, 1.0), result("d", 1, 0, 2.0)]
+    summary = report.summarize(results)
+    assert summary["pass_rate"] == {"test_square": 0.5, "test_double": 0.5}
+    assert summary["messages"] == [("AssertionError: square(3) should be 9", 2),
+                                   ("NameError: name 'double' is not defined", 2)]
+    assert [r["student"] for r in summary["slowest"]][:2] == ["b", "a"]
+    assert sorted(summary["fractions"]) == [0.0, 1 / 3, 2 / 3, 1.0]
+    path = report.write_report(tmp_path / "r.html", "mini", results, {"notes": ["<script>x</script>"]})
+    html = path.read_text()
+    assert html.count("<img ") == 4 and "<script>x" not in html and "&lt;script&gt;" in html
+    with pytest.raises(ValueError, match="no graded submissions"):
+        report.write_report(tmp_path / "e.html", "mini", [], {})
+
+
+def test_segutils_grade_is_a_subcommand():
+    from segutils.cli import build_parser
+
+    args = build_parser().parse_args(["grade", "a1", "--workers", "3", "--no-sandbox", "--student", "x",
+                                      "--student", "y", "--redact-hidden", "--db", "postgresql://h/db"])
+    assert (args.assignment, args.workers, args.sandbox, args.student, args.redact_hidden, args.db_url) == (
+        "a1", 3, False, ["x", "y"], True, "postgresql://h/db")
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["grade", "a1", "--workers", "0"])

@@ -1,0 +1,254 @@
+"""``segutils grade`` end to end on the mini course: one sandboxed batch of every hostile case.
+
+The batch (``tests/fixtures/grading/cases.py``: honest, broken, hostile and unreadable
+submissions, exported as a learning platform does) is graded once, through the command line,
+with two workers, a 5 s cell timeout, a 1.5 GiB memory limit and ``--redact-hidden``. Every test
+then checks a real outcome: scores read back through ``nbgrader.api.Gradebook`` against the
+scores worked out by hand in ``cases.py``, files on disk, the CSV, the report, and that two honest
+students get the same grades as when graded alone. Re-runs, ``--student`` and an interrupted batch
+are checked on the same course.
+"""
+from __future__ import annotations
+
+import csv
+import html
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("nbgrader")
+from nbgrader.api import Gradebook  # noqa: E402
+
+from segutils.grading import sandbox  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+FIXTURES = REPO / "tests" / "fixtures" / "grading"
+sys.path.insert(0, str(FIXTURES))
+import cases  # noqa: E402
+
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("grading")]
+
+GRADE_ARGS = ["--workers", "2", "--timeout", "5", "--memory", "1.5", "--no-progress"]
+
+
+def _why_no_sandbox() -> str | None:
+    try:
+        sandbox.check_sandbox()
+    except sandbox.SandboxUnavailable as error:
+        return str(error)
+    return None
+
+
+needs_sandbox = pytest.mark.skipif(_why_no_sandbox() is not None, reason=f"no sandbox: {_why_no_sandbox()}")
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in [str(REPO), env.get("PYTHONPATH", "")] if p)
+    return env
+
+
+def segutils_grade(course: Path, *args: str, timeout: float = 1500) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "segutils", "grade", cases.ASSIGNMENT, "--course-dir", str(course),
+                           *args], capture_output=True, text=True, env=_env(), timeout=timeout, cwd=course)
+
+
+def make_course(root: Path) -> tuple[Path, cases.Context]:
+    """A copy of the mini course with its release generated."""
+    course = root / "course"
+    shutil.copytree(cases.MINI_COURSE, course)
+    subprocess.run([str(Path(sys.executable).parent / "nbgrader"), "generate_assignment", cases.ASSIGNMENT,
+                    "--log-level=WARN"], cwd=course, env=_env(), check=True, capture_output=True, timeout=600)
+    return course, cases.Context(release=cases.read_release(course), course=course)
+
+
+def gradebook_scores(course: Path, db_url: str | None = None) -> dict[str, dict[str, float]]:
+    """Every student's autograded scores, by test cell, read back through nbgrader's API."""
+    with Gradebook(db_url or f"sqlite:///{course / 'gradebook.db'}") as gb:
+        return {s.student.id: {g.name: float(g.score) for nb in s.notebooks for g in nb.grades}
+                for s in gb.find_assignment(cases.ASSIGNMENT).submissions}
+
+
+def report_rows(course: Path) -> dict[str, str]:
+    """The student rows of the HTML report as plain text."""
+    text = (course / "reports" / cases.ASSIGNMENT / "report.html").read_text()
+    rows = {}
+    for row in re.findall(r"<tr class='[^']*'>(.*?)</tr>", text, flags=re.S):
+        cells = re.findall(r"<td>(.*?)</td>", row, flags=re.S)
+        rows[html.unescape(cells[0])] = html.unescape(re.sub(r"<[^>]+>", " ", " ".join(cells)))
+    return rows
+
+
+class Batch:
+    """The graded hostile batch, shared by the tests of this module."""
+
+    def __init__(self, root: Path) -> None:
+        self.course, ctx = make_course(root)
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(8)
+        self.listener.settimeout(0.5)
+        ctx.listener_port = self.listener.getsockname()[1]
+        self.submissions = root / "export"
+        cases.write_submissions(self.submissions, ctx)
+        started = time.monotonic()
+        self.run = segutils_grade(self.course, "--submissions", str(self.submissions), "--redact-hidden", *GRADE_ARGS)
+        self.seconds = time.monotonic() - started
+        self.scores = gradebook_scores(self.course) if (self.course / "gradebook.db").exists() else {}
+        self.states = {p.stem: json.loads(p.read_text())
+                       for p in (self.course / "reports" / cases.ASSIGNMENT / "state").glob("*.json")}
+
+
+@pytest.fixture(scope="module")
+def batch(tmp_path_factory) -> Batch:
+    if _why_no_sandbox():
+        pytest.skip(f"no sandbox: {_why_no_sandbox()}")
+    made = Batch(tmp_path_factory.mktemp("hostile"))
+    yield made
+    made.listener.close()
+
+
+@needs_sandbox
+def test_the_batch_completes_with_every_student_graded(batch):
+    assert batch.run.returncode == 0, batch.run.stdout + batch.run.stderr
+    students = sorted(c.student for c in cases.CASES)
+    assert sorted(batch.scores) == students
+    assert sorted(batch.states) == students
+    summary = batch.run.stdout
+    rejected = sum(c.status == "rejected" for c in cases.CASES)
+    assert f"{len(students) - rejected} graded, {rejected} rejected, 0 failed, 0 unchanged" in summary
+    print(f"\n{len(students)} students graded in {batch.seconds:.0f} s")
+
+
+@needs_sandbox
+@pytest.mark.parametrize("case", cases.CASES, ids=lambda c: c.student)
+def test_each_submission_gets_its_hand_worked_score_and_a_message(batch, case):
+    assert batch.scores.get(case.student) == case.expected, case.doc
+    assert batch.states[case.student]["status"] == case.status
+    row = report_rows(batch.course)[case.student]
+    if case.message:
+        assert re.search(case.message, row), f"{case.student}: /{case.message}/ not in the report row: {row[:2000]}"
+
+
+@needs_sandbox
+def test_nothing_escaped_the_sandbox(batch):
+    course = batch.course
+    assert not (course / "pwned.txt").exists() and not (FIXTURES / "pwned.txt").exists()
+    assert not (course.parent / "escaped.txt").exists() and not Path("/tmp/absolute_escape.txt").exists()
+    with pytest.raises(socket.timeout):
+        batch.listener.accept()  # no notebook reached the grading machine's loopback
+    reference = course / "submitted" / "reference" / cases.ASSIGNMENT / "mini.ipynb"
+    assert b"won = []" not in reference.read_bytes()
+
+
+@needs_sandbox
+def test_files_csv_and_report_are_written(batch):
+    course = batch.course
+    for student in batch.scores:
+        assert (course / "autograded" / student / cases.ASSIGNMENT / "mini.ipynb").is_file()
+        assert (course / "feedback" / student / cases.ASSIGNMENT / "mini.html").is_file()
+    with open(course / "grades.csv", newline="") as handle:
+        rows = {r["student_id"]: r for r in csv.DictReader(handle) if r["assignment"] == cases.ASSIGNMENT}
+    assert {s: float(rows[s]["raw_score"]) for s in rows} == {s: sum(v.values()) for s, v in batch.scores.items()}
+    with_timestamp = rows["with_timestamp"]["timestamp"]
+    assert with_timestamp.startswith("2024-03-01 12:30:00"), with_timestamp
+    text = (course / "reports" / cases.ASSIGNMENT / "report.html").read_text()
+    for title in ("Score histogram", "Pass rate per test cell", "Most common failure messages", "Slowest submissions"):
+        assert title in text or title.lower() in text.lower()
+    assert text.count("<img ") == 4 and "no GPU" in text
+
+
+@needs_sandbox
+def test_hidden_tests_are_redacted_from_feedback_but_not_from_grading(batch):
+    feedback = html.unescape((batch.course / "feedback" / "wrong_square" / cases.ASSIGNMENT / "mini.html").read_text())
+    autograded = (batch.course / "autograded" / "wrong_square" / cases.ASSIGNMENT / "mini.ipynb").read_text()
+    assert "math.isclose(square(1.5), 2.25)" in autograded  # the hidden test ran...
+    assert "math.isclose" not in feedback and "square(-2) == 4" not in feedback  # ...its source is not shown
+    assert "square(1.5) should be 2.25, got 3.0" in feedback  # its message is
+    assert "square(3) should be 9, got 6" in feedback
+
+
+@needs_sandbox
+def test_honest_students_get_the_grades_they_get_alone(batch, tmp_path):
+    alone = [c for c in cases.CASES if "alone" in c.tags]
+    course, ctx = make_course(tmp_path)
+    cases.write_submissions(tmp_path / "export", ctx, alone)
+    run = segutils_grade(course, "--submissions", str(tmp_path / "export"), *GRADE_ARGS)
+    assert run.returncode == 0, run.stdout + run.stderr
+    solo = gradebook_scores(course)
+    assert solo == {c.student: batch.scores[c.student] for c in alone}
+    assert solo == {c.student: c.expected for c in alone}
+
+
+@needs_sandbox
+def test_a_rerun_skips_everyone_and_student_regrades_only_that_student(batch):
+    course = batch.course
+    autograded = course / "autograded" / "wrong_square" / cases.ASSIGNMENT / "mini.ipynb"
+    before_mtime = autograded.stat().st_mtime_ns
+    before = gradebook_scores(course)
+    run = segutils_grade(course, "--submissions", str(batch.submissions), "--redact-hidden", *GRADE_ARGS)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert f"0 graded, 0 rejected, 0 failed, {len(before)} unchanged (skipped)" in run.stdout
+    assert autograded.stat().st_mtime_ns == before_mtime and gradebook_scores(course) == before
+
+    graded_at = {s: batch.states[s]["graded_at"] for s in batch.states}
+    time.sleep(1.1)
+    run = segutils_grade(course, "--submissions", str(batch.submissions), "--redact-hidden", "--student",
+                         "wrong_square", "--force", *GRADE_ARGS)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "1 graded, 0 rejected, 0 failed, 0 unchanged" in run.stdout
+    assert gradebook_scores(course) == before
+    states = {p.stem: json.loads(p.read_text()) for p in (course / "reports" / cases.ASSIGNMENT / "state").glob("*.json")}
+    changed = sorted(s for s in states if states[s]["graded_at"] != graded_at[s])
+    assert changed == ["wrong_square"]
+    assert autograded.stat().st_mtime_ns != before_mtime
+
+    run = segutils_grade(course, "--student", "nobody", *GRADE_ARGS)
+    assert run.returncode == 2 and "nobody" in run.stderr
+
+
+@needs_sandbox
+@pytest.mark.parametrize("how", [signal.SIGINT, signal.SIGKILL], ids=["ctrl-c", "crash"])
+def test_an_interrupted_batch_loses_nothing_already_graded(tmp_path, how):
+    chosen = [c for c in cases.CASES if c.student in ("reference", "wrong_square", "blank", "torch_warning")]
+    course, ctx = make_course(tmp_path)
+    cases.write_submissions(tmp_path / "export", ctx, chosen)
+    state_dir = course / "reports" / cases.ASSIGNMENT / "state"
+    process = subprocess.Popen([sys.executable, "-m", "segutils", "grade", cases.ASSIGNMENT, "--course-dir", str(course),
+                                "--submissions", str(tmp_path / "export"), "--workers", "1", "--timeout", "5",
+                                "--no-progress"], env=_env(), cwd=course, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 900
+    while not list(state_dir.glob("*.json")) and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    process.send_signal(how)
+    out, err = process.communicate(timeout=300)
+    finished = sorted(p.stem for p in state_dir.glob("*.json"))
+    assert 1 <= len(finished) < len(chosen), (out, err)
+    if how == signal.SIGINT:
+        assert process.returncode == 130 and "interrupted" in err
+    run = segutils_grade(course, "--submissions", str(tmp_path / "export"), "--workers", "2", "--timeout", "5",
+                         "--no-progress")
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert f"{len(finished)} unchanged (skipped)" in run.stdout
+    assert gradebook_scores(course) == {c.student: c.expected for c in chosen}
+
+
+def test_no_sandbox_grades_the_same_and_the_report_says_so(tmp_path):
+    chosen = [c for c in cases.CASES if c.student in ("reference", "wrong_square", "os_exit")]
+    course, ctx = make_course(tmp_path)
+    cases.write_submissions(tmp_path / "export", ctx, chosen)
+    run = segutils_grade(course, "--submissions", str(tmp_path / "export"), "--no-sandbox", *GRADE_ARGS)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert gradebook_scores(course) == {c.student: c.expected for c in chosen}
+    assert "OFF (--no-sandbox)" in (course / "reports" / cases.ASSIGNMENT / "report.html").read_text()
