@@ -392,8 +392,9 @@ class ConfusionMatrix:
         """Metrics of everything accumulated since construction or :meth:`reset`.
 
         Returns:
-            ``{"pixel_accuracy": 0-dim, "mean_iou": 0-dim, "iou_per_class": (K,),
-            "confusion_matrix": (K, K) int64 copy}``; NaN where nothing was counted.
+            A dict of 0-dim ``"pixel_accuracy"`` and ``"mean_iou"``, ``"iou_per_class"`` of
+            shape ``(K,)`` and an int64 copy ``"confusion_matrix"`` ``(K, K)``; NaN where nothing
+            was counted.
         """
         conf = self.matrix
         return {

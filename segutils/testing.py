@@ -81,7 +81,7 @@ CONVOLUTION_OPS: tuple[str, ...] = (
     "aten.slow_conv3d", "aten.slow_conv_dilated2d", "aten.slow_conv_dilated3d",
     "aten.slow_conv_transpose2d", "aten.slow_conv_transpose3d",
 )
-"""Convolutions, forward and backward: ``F.conv1d/2d/3d``, ``F.conv_transpose*``, ``nn.Conv*``.
+"""Convolutions, forward and backward (``F.conv1d/2d/3d``, ``F.conv_transpose*``, ``nn.Conv*``).
 Not ``aten.im2col``/``aten.col2im`` (``F.unfold``/``F.fold``), matmul, einsum or scatter."""
 
 INTERPOLATION_OPS: tuple[str, ...] = (
@@ -93,8 +93,8 @@ INTERPOLATION_OPS: tuple[str, ...] = (
     "aten.grid_sampler", "aten._grid_sampler_2d_cpu_fallback", "aten.cudnn_grid_sampler",
     "aten.affine_grid_generator", "aten.cudnn_affine_grid_generator",
 )
-"""Resizing built-ins, forward and backward: ``F.interpolate`` (every mode, antialias too),
-``nn.Upsample``, ``nn.UpsamplingBilinear2d/Nearest2d``, ``F.grid_sample``, ``F.affine_grid``."""
+"""Resizing built-ins, forward and backward (``F.interpolate`` in every mode, antialias too,
+``nn.Upsample``, ``nn.UpsamplingBilinear2d/Nearest2d``, ``F.grid_sample``, ``F.affine_grid``)."""
 
 UNPOOL_OPS: tuple[str, ...] = ("aten.max_unpool2d", "aten.max_unpool3d")
 """``F.max_unpool1d/2d/3d`` and ``nn.MaxUnpool*`` (their backward is a plain ``aten.gather``)."""

@@ -70,8 +70,9 @@ def evaluate(
         num_classes: ``K``.
 
     Returns:
-        ``{"loss": float, "pixel_accuracy": float, "mean_iou": float,
-        "iou_per_class": list[float], "confusion_matrix": (K, K) int64 tensor on the CPU}``.
+        A dict of floats ``"loss"``, ``"pixel_accuracy"`` and ``"mean_iou"``, plus
+        ``"iou_per_class"`` (a list of ``K`` floats) and ``"confusion_matrix"`` (a ``(K, K)``
+        int64 tensor on the CPU).
     """
     device = torch.device(device) if device is not None else get_device()
     model.eval().to(device)
@@ -138,9 +139,9 @@ def fit(
             training after that epoch.
 
     Returns:
-        The history: ``{"epoch", "train_loss", "train_pixel_accuracy",
-        "train_mean_iou", "seconds"}`` lists, plus ``"val_loss", "val_pixel_accuracy",
-        "val_mean_iou"`` with a ``val_loader``; one entry per epoch.
+        The history, one entry per epoch in each of the lists
+        ``{"epoch", "train_loss", "train_pixel_accuracy", "train_mean_iou", "seconds"}``, plus
+        ``"val_loss", "val_pixel_accuracy", "val_mean_iou"`` with a ``val_loader``.
     """
     if epochs < 1:
         raise ValueError(f"epochs should be >= 1, got {epochs}")
@@ -232,7 +233,7 @@ def load_checkpoint(
     unpickled (``weights_only=True``).
 
     Returns:
-        The raw checkpoint: ``{"model": state_dict, "extra": dict, ["optimizer": ...]}``;
+        The raw checkpoint, ``{"model": state_dict, "extra": dict, ["optimizer": ...]}``;
         its states are also loaded into ``model`` / ``optimizer`` when given.
 
     Raises:

@@ -8,6 +8,7 @@ retrains). The cache lives in ``$SEGUTILS_CACHE`` (default ``~/.cache/segutils``
 """
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
 import os
@@ -29,7 +30,7 @@ _SOURCES = ("data", "models", "train.py", "metrics.py")
 
 @dataclass(frozen=True)
 class TrainingConfig:
-    """How the book's reference models are trained on :class:`ShapesDataset`."""
+    """How the book's reference models are trained on :class:`~segutils.data.ShapesDataset`."""
 
     image_size: int = 48
     train_size: int = 1600
@@ -45,13 +46,26 @@ def cache_dir() -> Path:
     return Path(os.environ.get(CACHE_ENV_VAR) or Path.home() / ".cache" / "segutils").expanduser()
 
 
+def _code_fingerprint(source: str) -> str:
+    """The code of a module without its docstrings and comments: what training depends on."""
+    tree = ast.parse(source)
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if isinstance(body, list):  # drop docstrings, and attribute docstrings (bare strings) too
+            node.body = [stmt for stmt in body if not (isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Constant)
+                                                       and isinstance(stmt.value.value, str))] or [ast.Pass()]
+    return ast.dump(tree)
+
+
 def _source_digest() -> str:
+    """Digest of the code the cached models depend on; editing a docstring or comment keeps the cache."""
     package = Path(__file__).parent
     digest = hashlib.sha256()
     for entry in _SOURCES:
         path = package / entry
         for file in sorted(path.rglob("*.py")) if path.is_dir() else [path]:
-            digest.update(file.read_bytes())
+            digest.update(file.relative_to(package).as_posix().encode())
+            digest.update(_code_fingerprint(file.read_text()).encode())
     return digest.hexdigest()
 
 

@@ -1,0 +1,51 @@
+"""Fixtures shared by several test modules."""
+from __future__ import annotations
+
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+#: xdist group of every test that needs the built book: they share one build (one worker).
+BOOK_GROUP = "book"
+
+
+@dataclass(frozen=True)
+class BookBuild:
+    """The outcome of ``make book``: its exit status, its output and where the HTML went."""
+
+    returncode: int
+    output: str
+    seconds: float
+    html: Path
+    executed: Path  # myst-nb's executed notebooks, one per chapter
+
+    def require_success(self) -> None:
+        """Fail the calling test when the build failed (test_book.py reports why)."""
+        if self.returncode != 0:
+            pytest.fail(f"`make book` failed (exit {self.returncode}); see tests/test_book.py::test_build_succeeds")
+
+
+@pytest.fixture(scope="session")
+def book_build() -> BookBuild:
+    """Build the web book with the same command as ``make book``, once per session.
+
+    The build reuses the execution cache (``_build/.jupyter_cache``) and the trained-model
+    cache, so it is quick when neither the chapters nor segutils changed, and executes
+    every chapter from scratch otherwise (tens of minutes on a laptop CPU).
+    """
+    start = time.perf_counter()
+    result = subprocess.run(
+        ["make", "--no-print-directory", "book"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    return BookBuild(
+        returncode=result.returncode,
+        output=result.stdout,
+        seconds=time.perf_counter() - start,
+        html=ROOT / "_build" / "html",
+        executed=ROOT / "_build" / "jupyter_execute",
+    )

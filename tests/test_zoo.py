@@ -1,0 +1,44 @@
+"""segutils.zoo: trained models are cached, reused, and retrained only when their code changes."""
+from __future__ import annotations
+
+import torch
+
+from segutils import zoo
+from segutils.zoo import TrainingConfig, trained_model
+
+TINY = TrainingConfig(image_size=16, train_size=8, val_size=4, batch_size=4, epochs=1)
+
+
+def test_fingerprint_ignores_docstrings_and_comments_but_not_code():
+    base = zoo._code_fingerprint('"""Module."""\nX: int = 1\n"""About X."""\n\ndef f(x):\n    """Doc."""\n    return x  # c\n')
+    reworded = zoo._code_fingerprint('"""Other."""\nX: int = 1\n"""Reworded."""\n\ndef f(x):\n    """New doc."""\n    return x\n')
+    changed = zoo._code_fingerprint('"""Module."""\nX: int = 1\n\ndef f(x):\n    """Doc."""\n    return x + 1\n')
+    assert base == reworded
+    assert base != changed
+
+
+def test_trained_model_is_cached_and_reused(tmp_path, monkeypatch):
+    monkeypatch.setenv(zoo.CACHE_ENV_VAR, str(tmp_path))
+    first, history = trained_model("plain", TINY, progress=False, channels=4, num_layers=1)
+    assert len(list(tmp_path.glob("plain-*.pt"))) == 1
+    assert len(history["train_loss"]) == TINY.epochs
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a cached model was trained again")
+
+    monkeypatch.setattr(zoo, "fit", no_training)
+    second, second_history = trained_model("plain", TINY, progress=False, channels=4, num_layers=1)
+    assert second_history == history
+    for (name, a), (_, b) in zip(first.state_dict().items(), second.state_dict().items()):
+        torch.testing.assert_close(a, b, msg=f"cached weights differ in {name}")
+    assert not second.training
+
+
+def test_other_arguments_or_code_train_a_new_model(tmp_path, monkeypatch):
+    monkeypatch.setenv(zoo.CACHE_ENV_VAR, str(tmp_path))
+    trained_model("plain", TINY, progress=False, channels=4, num_layers=1)
+    trained_model("plain", TINY, progress=False, channels=4, num_layers=2)
+    assert len(list(tmp_path.glob("plain-*.pt"))) == 2
+    monkeypatch.setattr(zoo, "_source_digest", lambda: "changed code")
+    trained_model("plain", TINY, progress=False, channels=4, num_layers=1)
+    assert len(list(tmp_path.glob("plain-*.pt"))) == 3
