@@ -1,6 +1,7 @@
 """Fixtures shared by several test modules."""
 from __future__ import annotations
 
+import fcntl
 import subprocess
 import time
 from dataclasses import dataclass
@@ -38,10 +39,16 @@ def book_build() -> BookBuild:
     cache, so it is quick when neither the chapters nor segutils changed, and executes
     every chapter from scratch otherwise (tens of minutes on a laptop CPU).
     """
-    start = time.perf_counter()
-    result = subprocess.run(
-        ["make", "--no-print-directory", "book"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
+    # The book tests share an xdist group, but a lock still keeps two workers (or two pytest runs)
+    # from building into the same _build/ at once; the second build then finds everything cached.
+    lock_path = ROOT / "_build" / ".book-build.lock"
+    lock_path.parent.mkdir(exist_ok=True)
+    with lock_path.open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        start = time.perf_counter()
+        result = subprocess.run(
+            ["make", "--no-print-directory", "book"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
     return BookBuild(
         returncode=result.returncode,
         output=result.stdout,

@@ -185,6 +185,19 @@ def test_the_sandbox_command_binds_nothing_of_the_course(tmp_path):
     assert not any(Path(b).is_relative_to(Path(__file__).resolve().parents[1] / "solutions") for b in bound)
 
 
+def test_a_checkout_under_tmp_stays_visible_above_the_sandbox_tmpfs(tmp_path, monkeypatch):
+    # A course cloned under /tmp: its .venv and segutils must be mounted after (so on top of) the tmpfs.
+    roots = [Path("/tmp/course/.venv"), Path("/tmp/course/segutils")]
+    monkeypatch.setattr(sandbox, "readonly_roots", lambda: roots)
+    cmd = sandbox.sandbox_command(["python", "-c", "pass"], input_dir=tmp_path, limits=sandbox.Limits(),
+                                  env={}, bwrap="/usr/bin/bwrap")
+    tmpfs = cmd.index("--tmpfs")
+    assert cmd[tmpfs + 1] == sandbox.SANDBOX_TMP
+    for root in roots:
+        mounts = [i for i, arg in enumerate(cmd[:-1]) if arg == "--ro-bind" and cmd[i + 1] == str(root)]
+        assert mounts and all(i > tmpfs for i in mounts), f"{root} is hidden by the tmpfs on {sandbox.SANDBOX_TMP}"
+
+
 def test_a_missing_bwrap_says_what_to_do(tmp_path):
     sandbox.check_sandbox.cache_clear()
     with pytest.raises(sandbox.SandboxUnavailable, match="bubblewrap"):

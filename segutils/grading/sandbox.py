@@ -346,10 +346,11 @@ def sandbox_command(
     cpu_info = Path("/sys/devices/system/cpu")
     if cpu_info.is_dir():
         cmd += ["--ro-bind", str(cpu_info), str(cpu_info)]
-    for root in readonly_roots():
-        cmd += ["--ro-bind", str(root), str(root)]
     cmd += ["--proc", "/proc", "--dev", "/dev"]
     cmd += ["--size", str(limits.tmp_bytes), "--tmpfs", SANDBOX_TMP]
+    # After the tmpfs: a checkout (and its .venv) under /tmp must stay visible on top of it.
+    for root in readonly_roots():
+        cmd += ["--ro-bind", str(root), str(root)]
     cmd += ["--ro-bind", str(input_dir.resolve()), SANDBOX_INPUT]
     if gpu is not None:
         nodes = [f"/dev/nvidia{gpu.minor}", "/dev/nvidiactl", "/dev/nvidia-uvm", "/dev/nvidia-uvm-tools",
