@@ -12,34 +12,24 @@ from pathlib import Path
 _GIB = 1 << 30
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
+def _checked(convert, expected_kind: str, expected_value: str, accept):
+    """An argparse ``type``: ``convert(text)``, refused with a message unless ``accept(value)``."""
+
+    def parse(text: str):
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {expected_kind}, got {text!r}") from None
+        if not accept(value):
+            raise argparse.ArgumentTypeError(f"expected {expected_value}, got {value}")
+        return value
+
+    return parse
 
 
-def _nonnegative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {value}")
-    return value
+_positive_int = _checked(int, "a positive integer", "a positive integer", lambda v: v >= 1)
+_nonnegative_int = _checked(int, "an integer >= 0", "an integer >= 0", lambda v: v >= 0)
+_positive_float = _checked(float, "a number of seconds", "a positive number of seconds", lambda v: v > 0)
 
 
 def add_grade_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:

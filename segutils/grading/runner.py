@@ -264,41 +264,44 @@ def _captured_logs() -> Iterator[_LogCapture]:
             logger.removeHandler(capture)
 
 
+def _submitted_grades(gb, assignment: str, student: str, notebooks: list[str]):
+    """``(notebook, grade)`` for every graded cell of ``student``'s submitted ``notebooks`` in ``gb``."""
+    from nbgrader.api import MissingEntry
+
+    for notebook in notebooks:
+        try:
+            submitted = gb.find_submission_notebook(notebook, assignment, student)
+        except MissingEntry:
+            continue
+        for grade in submitted.grades:
+            yield notebook, grade
+
+
 def _scores(db_url: str, assignment: str, student: str, notebooks: list[str]) -> tuple[float, float, dict]:
-    from nbgrader.api import Gradebook, MissingEntry
+    from nbgrader.api import Gradebook
 
     cells: dict[str, dict] = {}
     total = maximum = 0.0
     with Gradebook(db_url) as gb:
-        for notebook in notebooks:
-            try:
-                submitted = gb.find_submission_notebook(notebook, assignment, student)
-            except MissingEntry:
-                continue
-            for grade in submitted.grades:
-                score = float(grade.score or 0.0)
-                cells[grade.name] = {"notebook": notebook, "score": score, "max_score": float(grade.max_score),
-                                     "auto": grade.auto_score is not None}
-                total += score
-                maximum += float(grade.max_score)
+        for notebook, grade in _submitted_grades(gb, assignment, student, notebooks):
+            score = float(grade.score or 0.0)
+            cells[grade.name] = {"notebook": notebook, "score": score, "max_score": float(grade.max_score),
+                                 "auto": grade.auto_score is not None}
+            total += score
+            maximum += float(grade.max_score)
     return total, maximum, cells
 
 
 def zero_grades(db_url: str, assignment: str, student: str, notebooks: list[str]) -> None:
     """Give every graded cell of ``student`` 0 points and flag it for manual grading (a failed job)."""
-    from nbgrader.api import Gradebook, MissingEntry
+    from nbgrader.api import Gradebook
 
     with Gradebook(db_url) as gb:
         gb.update_or_create_student(student)
         gb.update_or_create_submission(assignment, student)
-        for notebook in notebooks:
-            try:
-                submitted = gb.find_submission_notebook(notebook, assignment, student)
-            except MissingEntry:
-                continue
-            for grade in submitted.grades:
-                grade.auto_score = 0
-                grade.needs_manual_grade = True
+        for _, grade in _submitted_grades(gb, assignment, student, notebooks):
+            grade.auto_score = 0
+            grade.needs_manual_grade = True
         gb.db.commit()
 
 
