@@ -70,9 +70,16 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _model_name(value: str) -> str:
+    """``--model``: checked on use, so that building the parser does not import PyTorch (``segutils grade``)."""
     from segutils.models import MODEL_NAMES
 
+    if value not in MODEL_NAMES:
+        raise argparse.ArgumentTypeError(f"invalid choice: {value!r} (choose from {', '.join(MODEL_NAMES)})")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="segutils", description="Companion tools of the semantic segmentation book.")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("info", help="versions and the device segutils will use").set_defaults(run=_info)
@@ -86,7 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
     preview.set_defaults(run=_preview)
 
     train = commands.add_parser("train", help="train a model on ShapesDataset")
-    train.add_argument("--model", choices=MODEL_NAMES, default="unet")
+    train.add_argument("--model", type=_model_name, default="unet", metavar="NAME",
+                       help="a name of segutils.models.MODEL_NAMES (default: unet)")
     train.add_argument("--epochs", type=int, default=5)
     train.add_argument("--lr", type=float, default=3e-3)
     train.add_argument("--batch-size", type=int, default=16)

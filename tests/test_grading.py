@@ -17,7 +17,7 @@ import pytest
 
 from segutils.grading import cluster, importer, report, sandbox, state
 from segutils.grading.preprocessors import RedactHiddenTests, cell_plan, clean_output, imports_of
-from segutils.grading.runner import check_submission, safe_relpath
+from segutils.grading.runner import GradingJob, check_submission, safe_relpath
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "grading"
 sys.path.insert(0, str(FIXTURES))
@@ -215,6 +215,76 @@ def test_gpus_are_discovered_from_the_driver(tmp_path):
     env = sandbox.sandbox_env(sandbox.Limits(), sandbox.GpuDevice("x", 3, "GPU-z"), use_cuda=True)
     assert env["CUDA_VISIBLE_DEVICES"] == "GPU-z"
     assert sandbox.sandbox_env(sandbox.Limits(), None, use_cuda=False)["CUDA_VISIBLE_DEVICES"] == ""
+
+
+def test_a_sandbox_is_given_its_own_gpu_and_no_other(tmp_path, monkeypatch):
+    import functools
+
+    for name in ("nvidia0", "nvidia1", "nvidiactl", "nvidia-uvm"):
+        (tmp_path / name).touch()
+    gpu = sandbox.GpuDevice("0000:41:00.0", 1, "GPU-b")
+    nodes = [tmp_path / "nvidia1", tmp_path / "nvidiactl", tmp_path / "nvidia-uvm"]
+    assert sandbox.gpu_device_nodes(gpu, tmp_path) == nodes
+    monkeypatch.setattr(sandbox, "gpu_device_nodes", functools.partial(sandbox.gpu_device_nodes, dev=tmp_path))
+
+    def dev_binds(cmd: list[str]) -> list[str]:
+        return [cmd[i + 1] for i, arg in enumerate(cmd) if arg == "--dev-bind"]
+
+    inputs = tmp_path / "input"
+    inputs.mkdir()
+    env = sandbox.sandbox_env(sandbox.Limits(), gpu, use_cuda=True)
+    with_gpu = sandbox.sandbox_command(["python"], input_dir=inputs, limits=sandbox.Limits(), env=env, gpu=gpu,
+                                       bwrap="/usr/bin/bwrap")
+    assert dev_binds(with_gpu) == [str(n) for n in nodes]  # not nvidia0: another worker's GPU
+    assert with_gpu[with_gpu.index("CUDA_VISIBLE_DEVICES") + 1] == "GPU-b"
+    cpu_only = sandbox.sandbox_command(["python"], input_dir=inputs, limits=sandbox.Limits(), env={},
+                                       bwrap="/usr/bin/bwrap")
+    assert dev_binds(cpu_only) == [] and "/sys" not in cpu_only
+
+
+def _job(student: str) -> GradingJob:
+    return GradingJob(assignment="mini", student=student, db_url="sqlite://", config_text="", release_notebooks={},
+                      source_files={}, submission={}, digest="")
+
+
+@pytest.mark.parametrize("workers,gpus", [(2, 2), (3, 1), (2, 0)])
+def test_each_worker_slot_grades_on_its_own_gpu(monkeypatch, workers, gpus):
+    import threading
+    import time
+
+    from segutils.grading import pool
+
+    devices = [sandbox.GpuDevice(f"0000:0{i}:00.0", i, f"GPU-{i}") for i in range(gpus)]
+    lock = threading.Lock()
+    running: list[str | None] = []
+    problems: list[str] = []
+    used: list[str | None] = []
+
+    class FakeServer:
+        def alive(self) -> bool:
+            return True
+
+        def close(self) -> None:
+            pass
+
+        def run(self, job, timeout=None):
+            gpu = job.options.gpu["uuid"] if job.options.gpu else None
+            with lock:
+                if gpu is not None and gpu in running and workers <= gpus:
+                    problems.append(f"{job.student}: {gpu} is in use by another job")
+                running.append(gpu)
+                used.append(gpu)
+            time.sleep(0.05)
+            with lock:
+                running.remove(gpu)
+            return pool.failed_result(job, "not graded: a test")
+
+    monkeypatch.setattr(pool, "JobServer", FakeServer)
+    results = []
+    pool.LocalPool(workers, devices).run([_job(f"s{i}") for i in range(8)], results.append)
+    assert sorted(r.student for r in results) == [f"s{i}" for i in range(8)]
+    assert problems == []
+    assert set(used) == ({d.uuid for d in devices} if devices else {None})
 
 
 def test_bootstrap_runs_a_grading_module_without_importing_segutils_init():

@@ -23,6 +23,7 @@ import sys
 import time
 from pathlib import Path
 
+import nbformat
 import pytest
 
 pytest.importorskip("nbgrader")
@@ -63,10 +64,15 @@ def segutils_grade(course: Path, *args: str, timeout: float = 1500) -> subproces
                            *args], capture_output=True, text=True, env=_env(), timeout=timeout, cwd=course)
 
 
-def make_course(root: Path) -> tuple[Path, cases.Context]:
-    """A copy of the mini course with its release generated."""
+def make_course(root: Path, extra_cells: list | None = None) -> tuple[Path, cases.Context]:
+    """A copy of the mini course (with ``extra_cells`` appended to its source notebook), release generated."""
     course = root / "course"
     shutil.copytree(cases.MINI_COURSE, course)
+    if extra_cells:
+        source = course / "solutions" / cases.ASSIGNMENT / f"{cases.ASSIGNMENT}.ipynb"
+        nb = nbformat.read(source, as_version=4)
+        nb.cells.extend(extra_cells)
+        nbformat.write(nb, source)
     subprocess.run([str(Path(sys.executable).parent / "nbgrader"), "generate_assignment", cases.ASSIGNMENT,
                     "--log-level=WARN"], cwd=course, env=_env(), check=True, capture_output=True, timeout=600)
     return course, cases.Context(release=cases.read_release(course), course=course)
@@ -217,10 +223,25 @@ def test_a_rerun_skips_everyone_and_student_regrades_only_that_student(batch):
     assert run.returncode == 2 and "nobody" in run.stderr
 
 
+def _processes_working_in(folder: Path) -> list[str]:
+    """Command lines of the processes whose working directory is ``folder`` (a batch's job servers,
+    jobs and sandboxes run there)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and Path(os.readlink(proc / "cwd")) == folder:
+                found.append((proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")[:200])
+        except OSError:
+            continue
+    return found
+
+
 @needs_sandbox
 @pytest.mark.parametrize("how", [signal.SIGINT, signal.SIGKILL], ids=["ctrl-c", "crash"])
 def test_an_interrupted_batch_loses_nothing_already_graded(tmp_path, how):
-    chosen = [c for c in cases.CASES if c.student in ("reference", "wrong_square", "blank", "torch_warning")]
+    # Graded in name order: "blank" first, then "infinite_loop" (10 s of cell timeouts) is in flight when it stops.
+    chosen = [c for c in cases.CASES if c.student in ("reference", "wrong_square", "blank", "infinite_loop",
+                                                       "torch_warning")]
     course, ctx = make_course(tmp_path)
     cases.write_submissions(tmp_path / "export", ctx, chosen)
     state_dir = course / "reports" / cases.ASSIGNMENT / "state"
@@ -233,6 +254,10 @@ def test_an_interrupted_batch_loses_nothing_already_graded(tmp_path, how):
         time.sleep(0.2)
     process.send_signal(how)
     out, err = process.communicate(timeout=300)
+    deadline = time.monotonic() + 1  # the kernel kills them at once (PR_SET_PDEATHSIG)
+    while _processes_working_in(course) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _processes_working_in(course) == [], "a job outlived its batch"
     finished = sorted(p.stem for p in state_dir.glob("*.json"))
     assert 1 <= len(finished) < len(chosen), (out, err)
     if how == signal.SIGINT:
@@ -252,3 +277,44 @@ def test_no_sandbox_grades_the_same_and_the_report_says_so(tmp_path):
     assert run.returncode == 0, run.stdout + run.stderr
     assert gradebook_scores(course) == {c.student: c.expected for c in chosen}
     assert "OFF (--no-sandbox)" in (course / "reports" / cases.ASSIGNMENT / "report.html").read_text()
+
+
+GPU_TEST = """# [1 point] double keeps a tensor on its GPU (skipped without CUDA, like the course's own GPU tests)
+if torch.cuda.is_available():
+    assert torch.cuda.device_count() == 1, f"the grader should show one GPU per notebook, got {torch.cuda.device_count()}"
+    out = double(torch.arange(3.0, device="cuda"))
+    assert out.device.type == "cuda", f"double of a CUDA tensor should stay on CUDA, got a tensor on {out.device}"
+    testing.assert_close(out.cpu(), torch.tensor([0.0, 2.0, 4.0]), msg="double(arange(3)) on CUDA")
+else:
+    print("skipped: no CUDA device")
+"""
+
+
+def test_gpu_tests_run_on_the_workers_gpu_or_are_skipped_with_a_note(tmp_path):
+    """On a GPU machine every notebook sees exactly its worker's GPU and the CUDA test runs (an answer that
+    moves tensors to the CPU fails it); without one the test is skipped and the report says why."""
+    import torch
+
+    gpus = len(sandbox.discover_gpus()) if torch.cuda.is_available() else 0
+    test_cell = nbformat.v4.new_code_cell(GPU_TEST, metadata={"nbgrader": {
+        "grade": True, "grade_id": "test_double_cuda", "locked": True, "points": 1, "schema_version": 3,
+        "solution": False, "task": False}})
+    course, ctx = make_course(tmp_path, [test_cell])
+    export = tmp_path / "export"
+    export.mkdir()
+    for student, answers in {"on_device": {}, "moves_to_cpu": {"double": "def double(t):\n    return t.cpu() * 2"}}.items():
+        (export / f"{student}.ipynb").write_text(nbformat.writes(ctx.notebook(**answers)))
+    workers = str(max(1, min(2, gpus)))
+    run = segutils_grade(course, "--submissions", str(export), "--workers", workers, "--no-progress",
+                         *(["--gpus", workers] if gpus else []), *([] if _why_no_sandbox() is None else ["--no-sandbox"]))
+    assert run.returncode == 0, run.stdout + run.stderr
+    full = {**cases.FULL, "test_double_cuda": 1.0}
+    assert gradebook_scores(course) == {"on_device": full,
+                                        "moves_to_cpu": {**full, "test_double_cuda": 0.0 if gpus else 1.0}}
+    states = {p.stem: json.loads(p.read_text()) for p in (course / "reports" / cases.ASSIGNMENT / "state").glob("*.json")}
+    assert {s: st["cuda_devices"] for s, st in states.items()} == {"on_device": int(gpus > 0), "moves_to_cpu": int(gpus > 0)}
+    report = (course / "reports" / cases.ASSIGNMENT / "report.html").read_text()
+    if gpus:
+        assert f"GPUs: {workers}" in report and "should stay on CUDA" in report_rows(course)["moves_to_cpu"]
+    else:
+        assert "no GPU" in report

@@ -154,11 +154,9 @@ def grade_assignment(options: BatchOptions) -> BatchSummary:
     """Run the whole batch (see the module docstring)."""
     import time
 
-    from nbgrader.api import Gradebook, MissingEntry
     from nbgrader.coursedir import CourseDirectory
 
     from segutils.grading import importer, sandbox
-    from segutils.grading.report import write_report
 
     started = time.monotonic()
     course = Path(options.course).resolve()
@@ -199,8 +197,27 @@ def grade_assignment(options: BatchOptions) -> BatchSummary:
         limits = sandbox.Limits.from_dict({**sandbox.Limits().to_dict(), **options.limits})
         if options.timeout:
             limits = sandbox.Limits.from_dict({**limits.to_dict(), "cell_timeout": float(options.timeout)})
+        # Created before the submissions are read: its job servers import nbgrader meanwhile.
         pool = LocalPool(options.workers, gpus, job_timeout=limits.notebook_timeout * 1.5 + 600)
 
+    try:
+        return _grade_with(pool, options, course=course, cfg=cfg, layout=layout, db_url=db_url, gpus=gpus,
+                           started=started)
+    finally:
+        pool.close()
+
+
+def _grade_with(pool: Any, options: BatchOptions, *, course: Path, cfg: Any, layout: Any, db_url: str, gpus: list,
+                started: float) -> BatchSummary:
+    """Steps 1-5 of the module docstring, with ``pool`` ready."""
+    import time
+
+    from nbgrader.api import Gradebook, MissingEntry
+
+    from segutils.grading import importer
+    from segutils.grading.report import write_report
+
+    config_file = course / "nbgrader_config.py"
     _ensure_assignment(course, cfg, db_url, options.assignment, layout)
     release_dir = course / layout.release_directory / options.assignment
     release_notebooks = {p.name: p.read_bytes() for p in sorted(release_dir.glob("*.ipynb"))}

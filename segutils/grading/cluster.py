@@ -123,5 +123,7 @@ class DaskPool:
         except BaseException:
             self.client.cancel(list(futures))
             raise
-        finally:
-            self.client.close()
+
+    def close(self) -> None:
+        """Disconnect from the cluster (the cluster itself keeps running)."""
+        self.client.close()

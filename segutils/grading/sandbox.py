@@ -134,6 +134,13 @@ def discover_gpus(root: Path = Path("/proc/driver/nvidia/gpus")) -> list[GpuDevi
     return gpus
 
 
+def gpu_device_nodes(gpu: GpuDevice, dev: Path = Path("/dev")) -> list[Path]:
+    """The device nodes a sandbox needs to use ``gpu`` and no other GPU: its own ``nvidia<minor>``
+    plus the driver's shared control nodes, those of them that exist under ``dev``."""
+    names = [f"nvidia{gpu.minor}", "nvidiactl", "nvidia-uvm", "nvidia-uvm-tools", "nvidia-caps"]
+    return [dev / name for name in names if (dev / name).exists()]
+
+
 def find_bwrap() -> str | None:
     """Path of the ``bwrap`` executable, or ``None``."""
     return shutil.which("bwrap")
@@ -253,12 +260,11 @@ sys.exit(main())
 def bootstrap_command(python: str, module: str, args: list[str]) -> list[str]:
     """``python -c BOOT *args``: run ``segutils.grading.<module>.main()`` in a fresh interpreter, fast.
 
-    The job and executor processes need neither ``segutils/__init__`` (it imports torch) nor the
-    ``rfc3987_syntax`` plug-in of jsonschema (it builds a grammar at import; nbformat never uses it):
-    together they are most of a process's start-up, paid twice per student. The kernel imports
-    ``segutils`` normally.
+    The grading side's processes (job server, job, executor) import ``segutils.grading`` only, under a
+    stub ``segutils`` package, and without the ``rfc3987_syntax`` plug-in of jsonschema (it builds a
+    grammar at import, about a second; nbformat never uses it). The kernel imports ``segutils`` normally.
     """
-    if module not in ("runner", "execute"):
+    if module not in ("runner", "execute", "jobserver"):
         raise ValueError(f"bootstrap_command: unknown module {module!r}")
     return [python, "-c", _BOOT.format(package=str(package_dir()), module=module), *args]
 
@@ -353,11 +359,8 @@ def sandbox_command(
         cmd += ["--ro-bind", str(root), str(root)]
     cmd += ["--ro-bind", str(input_dir.resolve()), SANDBOX_INPUT]
     if gpu is not None:
-        nodes = [f"/dev/nvidia{gpu.minor}", "/dev/nvidiactl", "/dev/nvidia-uvm", "/dev/nvidia-uvm-tools",
-                 "/dev/nvidia-caps"]
-        for node in nodes:
-            if Path(node).exists():
-                cmd += ["--dev-bind", node, node]
+        for node in gpu_device_nodes(gpu):
+            cmd += ["--dev-bind", str(node), str(node)]
         cmd += ["--ro-bind", "/sys", "/sys"]
     for key, value in sorted(env.items()):
         cmd += ["--setenv", key, value]
