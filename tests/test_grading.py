@@ -10,6 +10,7 @@ import json
 import stat
 import sys
 import zipfile
+from dataclasses import replace
 from pathlib import Path
 
 import nbformat
@@ -285,6 +286,53 @@ def test_each_worker_slot_grades_on_its_own_gpu(monkeypatch, workers, gpus):
     assert sorted(r.student for r in results) == [f"s{i}" for i in range(8)]
     assert problems == []
     assert set(used) == ({d.uuid for d in devices} if devices else {None})
+
+
+def test_a_job_server_reports_crashes_and_timeouts_and_keeps_serving(tmp_path):
+    import os
+    import signal
+
+    from segutils.grading import pool
+
+    job = replace(_job("s1"), assignment="nowhere", db_url=f"sqlite:///{tmp_path / 'gradebook.db'}")
+    server = pool.JobServer()
+    try:
+        crashed = server.run(job)  # the assignment is in no gradebook: the job process raises
+        assert crashed.status == "failed" and "exit status 1" in crashed.message, crashed.message
+        assert "No such assignment: nowhere" in crashed.message
+        slow = server.run(job, timeout=0.01)
+        assert slow.status == "failed" and "longer than 0.01 s" in slow.message
+        assert server.alive() and "No such assignment" in server.run(job).message
+        os.kill(server.process.pid, signal.SIGKILL)
+        server.process.wait()
+        with pytest.raises(pool.JobServerStopped, match="job server stopped"):
+            server.run(job)
+    finally:
+        server.close()
+
+
+def test_a_pool_replaces_a_job_server_that_died(tmp_path, monkeypatch):
+    from segutils.grading import pool
+
+    jobs = [replace(_job(f"s{i}"), assignment="nowhere", db_url=f"sqlite:///{tmp_path / 'gradebook.db'}")
+            for i in range(3)]
+    local = pool.LocalPool(1)
+    try:
+        local._servers[0].process.kill()  # the slot's server died before its first job
+        local._servers[0].process.wait()
+        results = []
+        local.run(jobs[:2], results.append)
+        assert [r.student for r in results] == ["s0", "s1"]
+        assert all("No such assignment: nowhere" in r.message for r in results), [r.message[-300:] for r in results]
+
+        def dies_during_the_job(self, job, timeout=None):
+            raise pool.JobServerStopped("the job server stopped (exit status -9): ")
+
+        monkeypatch.setattr(pool.JobServer, "run", dies_during_the_job)
+        local.run(jobs[2:], results.append)
+        assert results[2].student == "s2" and results[2].status == "failed" and "job server stopped" in results[2].message
+    finally:
+        local.close()
 
 
 def test_bootstrap_runs_a_grading_module_without_importing_segutils_init():
