@@ -41,10 +41,12 @@ def die_with_parent() -> None:
     ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
 
 
-def _job(request: dict, protocol_fds: tuple[int, int]) -> int:
+def _job(request: dict, protocol_fds: tuple[int, int], server: int) -> int:
     """The forked job: its own session, output to its log, then the runner."""
     os.setsid()
     die_with_parent()
+    if os.getppid() != server:  # the server died before the line above: nobody waits for this job
+        return 1
     log = os.open(request["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)
@@ -63,13 +65,14 @@ def main(argv: list[str] | None = None) -> int:
     preload()
     requests = sys.stdin
     protocol_fds = (0, answers.fileno())
+    server = os.getpid()
     for line in requests:
         request = json.loads(line)
         pid = os.fork()
         if pid == 0:
             code = 1
             try:
-                code = _job(request, protocol_fds)
+                code = _job(request, protocol_fds, server)
             except BaseException:  # noqa: BLE001 - whatever happens, the child must not return into the loop
                 traceback.print_exc()
             finally:
