@@ -11,7 +11,8 @@ needs around them:
 - :mod:`~segutils.grading.preprocessors`: nbgrader preprocessors: cell-structure restoration
   (tamper protection), the sandboxed ``Execute`` replacement, hidden-test redaction in feedback.
 - :mod:`~segutils.grading.runner`: one student's grading job (nbgrader ``Autograde`` + ``GenerateFeedback``).
-- :mod:`~segutils.grading.pool` / :mod:`~segutils.grading.cluster`: local worker processes; Dask.
+- :mod:`~segutils.grading.pool` / :mod:`~segutils.grading.cluster`: local worker slots; Dask.
+- :mod:`~segutils.grading.jobserver`: the preloaded process of a local slot that forks each student's job.
 - :mod:`~segutils.grading.state`: what was graded, from which submission (re-runs skip it).
 - :mod:`~segutils.grading.batch`: the whole command: import, schedule, persist, export, report.
 - :mod:`~segutils.grading.report`: the summary HTML with plots.
