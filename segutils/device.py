@@ -1,9 +1,15 @@
-"""Choosing the device code runs on."""
+"""Choosing the device code runs on.
+
+PyTorch is imported by :func:`get_device` itself, so that ``import segutils`` stays light (the
+instructor's ``segutils grade`` never needs PyTorch in its own processes).
+"""
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 DEVICE_ENV_VAR = "SEGUTILS_DEVICE"
 
@@ -18,6 +24,8 @@ def get_device() -> torch.device:
         ValueError: ``$SEGUTILS_DEVICE`` is not a device string PyTorch understands, or
             names CUDA on a machine without it.
     """
+    import torch
+
     requested = os.environ.get(DEVICE_ENV_VAR, "").strip()
     if requested:
         try:
