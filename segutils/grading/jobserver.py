@@ -23,8 +23,8 @@ import traceback
 
 
 def preload() -> None:
-    """Import what every job needs (``segutils`` itself does not import PyTorch)."""
-    sys.modules.setdefault("rfc3987_syntax", None)  # type: ignore[assignment] - see bootstrap_command
+    """Import what every job needs (the server runs under ``bootstrap_command``, which already keeps
+    jsonschema's ``rfc3987_syntax`` plug-in out)."""
     import nbgrader.converters  # noqa: F401
     import nbgrader.plugins.export  # noqa: F401
 
