@@ -171,3 +171,198 @@ def test_the_decoder_enforces_depth_count_and_size_limits():
 def _raw_header(text):
     head = text.encode()
     return struct.pack("<4sII", b"SGR1", len(head), 0) + head
+
+
+# -- channel, proxies, autograd, probes ------------------------------------------------------------
+import contextlib  # noqa: E402
+import threading  # noqa: E402
+
+from segutils.grading.remote import probes  # noqa: E402
+from segutils.grading.remote.channel import Channel, ChannelError, Endpoint, Policy, socket_pair  # noqa: E402
+from segutils.grading.remote.proxy import RemoteObject, grader_side_proxy  # noqa: E402
+from segutils.grading.remote.student import serve_session  # noqa: E402
+
+
+@contextlib.contextmanager
+def student(namespace, timeout=30):
+    """A student-side session serving ``namespace`` in a thread; yields a lookup function for the grader."""
+    grader_sock, student_sock = socket_pair()
+    errors = []
+
+    def run():
+        try:
+            serve_session(student_sock, namespace)
+        except BaseException as error:  # noqa: BLE001
+            errors.append(error)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    endpoint = Endpoint(Channel(grader_sock), "g", Policy.grader(), grader_side_proxy, timeout=timeout)
+
+    def lookup(name):
+        return endpoint.request("lookup", name=name)
+
+    lookup.endpoint = endpoint
+    try:
+        yield lookup
+    finally:
+        try:
+            endpoint.request("resume")
+        finally:
+            endpoint.close()
+            thread.join(10)
+    assert not errors, errors
+
+
+def test_proxied_calls_values_and_exceptions():
+    def extract(images, p=3):
+        if images.ndim != 4:
+            raise ValueError(f"images must be 4-D, got {images.ndim}-D")
+        return images.transpose(2, 3) * p
+
+    ns = {"extract": extract, "CONSTANT": 7, "table": {"a": [1, 2]}}
+    with student(ns) as lookup:
+        f = lookup("extract")
+        assert isinstance(f, RemoteObject) and type(f).__name__ == "function" and f.__name__ == "extract"
+        x = torch.randn(1, 2, 3, 4)
+        out = f(x, p=2)
+        assert type(out) is torch.Tensor and torch.equal(out, x.transpose(2, 3) * 2)
+        assert out.stride() == x.transpose(2, 3).stride()
+        with pytest.raises(ValueError, match="4-D"):
+            f(torch.zeros(3))
+        assert lookup("CONSTANT") == 7 and lookup("table") == {"a": [1, 2]}
+        with pytest.raises(NameError, match="nope"):
+            lookup("nope")
+
+
+def test_modules_stay_in_the_student_process_and_are_proxied():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU())
+    with student({"net": net}) as lookup:
+        remote = lookup("net")
+        assert type(remote).__name__ == "Sequential" and type(remote).__module__ == "torch.nn.modules.container"
+        x = torch.randn(2, 3, 5, 5)
+        with torch.no_grad():
+            assert torch.allclose(remote(x), net(x))
+        params = list(remote.parameters())
+        assert [p.shape for p in params] == [p.shape for p in net.parameters()]
+        assert len(remote) == 2 and type(remote[1]).__name__ == "ReLU"
+        remote.eval()
+        assert net.training is False and remote.training is False
+        assert "Conv2d" in repr(remote)
+
+
+def test_grader_callables_are_called_back_but_not_inspected():
+    secret = "hidden test constant 31337"
+    sizes = []
+
+    def classifier(windows):  # defined by a test: the student may call it, not read it
+        sizes.append(windows.shape[0])
+        return windows.mean(dim=(2, 3)) + len(secret) * 0
+
+    def segment(clf, x, chunk):
+        return torch.cat([clf(c) for c in x.split(chunk)])
+
+    def snoop(clf):
+        return clf.__globals__
+
+    with student({"segment": segment, "snoop": snoop}) as lookup:
+        x = torch.randn(10, 2, 3, 3)
+        got = lookup("segment")(classifier, x, 4)
+        assert torch.allclose(got, x.mean(dim=(2, 3))) and sizes == [4, 4, 2]
+        with pytest.raises(AttributeError, match="can only be called"):
+            lookup("snoop")(classifier)
+
+
+def test_the_grader_refuses_anything_but_calls_of_what_it_sent():
+    grader_sock, student_sock = socket_pair()
+    grader = Endpoint(Channel(grader_sock), "g", Policy.grader(), grader_side_proxy, timeout=10)
+    fake = Endpoint(Channel(student_sock), "s", Policy.student(dict), grader_side_proxy, timeout=10)
+    results = []
+
+    def attack():
+        for op, fields in [("lookup", {"name": "secret"}), ("getattr", {"target": None, "name": "x"}),
+                           ("names", {})]:
+            try:
+                fake.request(op, **fields)
+            except Exception as error:  # noqa: BLE001
+                results.append(type(error).__name__)
+        fake.channel.send(b"\0" * 8)  # an empty, malformed message
+        fake.request("resume") if False else None
+
+    thread = threading.Thread(target=attack, daemon=True)
+    thread.start()
+    with pytest.raises(ChannelError, match="does not accept"):
+        grader.serve(until=lambda m: False)
+    thread.join(10)
+    assert results == ["PermissionError"] * 3
+
+
+def test_autograd_bridge_passes_gradcheck_on_a_student_function():
+    def extract(images, p):
+        n, c, h, w = images.shape
+        return torch.nn.functional.unfold(images, p, padding=p // 2).transpose(1, 2).reshape(n * h * w, c, p, p)
+
+    def wrong(images, p):  # a wrong backward: the student's custom Function doubles the gradient
+        class Double(torch.autograd.Function):
+            @staticmethod
+            def forward(ctx, x):
+                return x.clone()
+
+            @staticmethod
+            def backward(ctx, g):
+                return 2 * g
+
+        return Double.apply(images)
+
+    def detached(images, p):
+        return images.detach() * 2
+
+    with student({"extract": extract, "wrong": wrong, "detached": detached}) as lookup:
+        remote = lookup("extract")
+        images = torch.randn(1, 2, 3, 4, dtype=torch.float64, requires_grad=True)
+        out = remote(images, 3)
+        assert out.requires_grad and out.dtype == torch.float64
+        assert torch.autograd.gradcheck(lambda t: remote(t, 3), (images,))
+        out.sum().backward()
+        assert torch.equal(images.grad, torch.autograd.grad(extract(images, 3).sum(), images)[0])
+        with pytest.raises(__import__("torch.autograd.gradcheck", fromlist=["GradcheckError"]).GradcheckError):
+            torch.autograd.gradcheck(lambda t: lookup("wrong")(t, 3), (images,))
+        assert not lookup("detached")(images, 3).requires_grad
+
+
+def test_probes_measure_in_the_student_process():
+    from segutils import testing
+
+    probes.install()
+    probes.take_measured()
+
+    def looped(x):
+        return torch.stack([x[..., i].sum() for i in range(x.shape[-1])])
+
+    def vectorized(x):
+        return x.sum(dim=tuple(range(x.ndim - 1)))
+
+    def fixed_device(x):
+        return x + torch.ones(x.shape)  # a CPU tensor: fails on meta
+
+    with student({"looped": looped, "vectorized": vectorized, "fixed_device": fixed_device}) as lookup:
+        counts = testing.count_ops(lookup("vectorized"), torch.randn(3, 4))
+        assert isinstance(counts, __import__("collections").Counter) and testing.total_ops(counts) >= 1
+        testing.assert_vectorized(lookup("vectorized"), lambda size: (torch.randn(size, size),), sizes=(4, 8))
+        with pytest.raises(AssertionError):
+            testing.assert_vectorized(lookup("looped"), lambda size: (torch.randn(size, size),), sizes=(4, 8))
+        out = testing.check_device_agnostic(lookup("vectorized"), torch.randn(2, 3))
+        assert out.device.type == "meta"
+        with pytest.raises(AssertionError):
+            testing.check_device_agnostic(lookup("fixed_device"), torch.randn(2, 3))
+        with pytest.raises(AssertionError):
+            testing.forbid_ops(lookup("vectorized"), "aten.sum", torch.randn(2, 3))
+        with pytest.raises(AssertionError):
+            with testing.forbid_ops("aten.sum"):
+                lookup("vectorized")(torch.randn(2, 3))
+    assert set(probes.take_measured()) == {"count_ops", "assert_vectorized", "check_device_agnostic", "forbid_ops"}
+    # Without a proxy the checks are the local ones (the vacuous-pass control: they see local ops).
+    with pytest.raises(AssertionError):
+        testing.assert_vectorized(looped, lambda size: (torch.randn(size, size),), sizes=(4, 8))
+    assert probes.take_measured() == []

@@ -96,6 +96,7 @@ class RefInfo:
     type_module: str
     type_name: str
     callable: bool
+    arity: int | None = None  # positional parameters a callable requires (None: unknown or *args)
 
 
 Exporter = Callable[[Any], RefInfo]
@@ -191,8 +192,11 @@ class _Encoder:
         if self.export is None:
             raise CodecError(f"a {type(value).__name__} is not data and cannot cross the grading channel")
         ref = self.export(value)
-        return {"t": "ref", "side": ref.side, "id": ref.id, "m": ref.type_module, "n": ref.type_name,
+        node = {"t": "ref", "side": ref.side, "id": ref.id, "m": ref.type_module, "n": ref.type_name,
                 "c": ref.callable}
+        if ref.arity is not None:
+            node["a"] = ref.arity
+        return node
 
     def tensor(self, t: torch.Tensor) -> dict:
         t = t.as_subclass(torch.Tensor) if type(t) not in (torch.Tensor, torch.nn.Parameter) else t
@@ -418,11 +422,12 @@ class _Decoder:
     def ref(self, node: dict) -> Any:
         if self.resolve is None:
             raise CodecError("a handle to a remote object where only data is accepted")
-        side, ident, module, name, is_callable = (node.get(k) for k in ("side", "id", "m", "n", "c"))
+        side, ident, module, name, is_callable, arity = (node.get(k) for k in ("side", "id", "m", "n", "c", "a"))
         if side not in ("s", "g") or not _is_int(ident) or not isinstance(module, str) or not isinstance(name, str) \
-                or not isinstance(is_callable, bool) or len(module) > 200 or len(name) > 200:
+                or not isinstance(is_callable, bool) or len(module) > 200 or len(name) > 200 \
+                or not (arity is None or (_is_int(arity) and 0 <= arity <= 64)):
             raise CodecError("a malformed handle node")
-        return self.resolve(RefInfo(side, ident, module, name, is_callable))
+        return self.resolve(RefInfo(side, ident, module, name, is_callable, arity))
 
 
 def _to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:

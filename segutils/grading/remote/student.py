@@ -1,0 +1,55 @@
+"""The student's side of a grading session: answer the grader's requests about the student's names.
+
+The student's executor runs the student's cells in the kernel; where a test cell stands in the
+notebook it runs, instead of the test, ``serve(SOCKET)`` (see :func:`serve_command`): the kernel
+connects to the grader, answers its requests (look up a name, call, get an attribute, run a probe,
+backward through a graph) and returns when the grader says the test cell is done. Everything here
+runs in the student's process and is the student's to change: the grader trusts none of it, and
+decodes what it sends as data only.
+"""
+from __future__ import annotations
+
+import socket
+from segutils.grading.remote.autograd import GraphStore
+from segutils.grading.remote.channel import Channel, Endpoint, Policy
+from segutils.grading.remote.proxy import student_side_proxy
+
+#: IPython's own names in a kernel's namespace, never offered to the grader.
+_IPYTHON_NAMES = frozenset({"In", "Out", "get_ipython", "exit", "quit", "open"})
+
+
+def student_namespace(namespace: dict) -> dict:
+    """The names the student's cells bound (IPython's history and helpers left out)."""
+    return {k: v for k, v in namespace.items() if isinstance(k, str) and k not in _IPYTHON_NAMES
+            and not (k.startswith("_") and (k.lstrip("_").isdigit() or k in ("_", "__", "___") or k.startswith(("_i", "_o", "_dh", "_ih", "_oh"))))}
+
+
+def serve_session(sock: socket.socket, namespace: dict) -> None:
+    """Answer one test cell's requests on ``sock`` about ``namespace``; return when the grader is done."""
+    from segutils.grading.remote.probes import ProbeRunner
+
+    graphs = GraphStore()
+    probes = ProbeRunner()
+    endpoint = Endpoint(Channel(sock), "s", Policy.student(lambda: student_namespace(namespace)), student_side_proxy,
+                        handlers={**graphs.handlers(), **probes.handlers()})
+    try:
+        done = endpoint.serve(until=lambda message: message.get("op") == "resume")
+        endpoint.reply(done)
+    finally:
+        endpoint.close()
+
+
+def serve(path: str, namespace: dict | None = None) -> None:
+    """Connect to the grader's socket at ``path`` and serve one session (called in the student's kernel)."""
+    if namespace is None:
+        from IPython import get_ipython
+
+        namespace = get_ipython().user_ns
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.connect(path)
+    serve_session(sock, namespace)
+
+
+def serve_command(path: str) -> str:
+    """The code the student's executor runs in the kernel where a test cell stands."""
+    return f"__import__('segutils.grading.remote.student', fromlist=['serve']).serve({path!r})"
