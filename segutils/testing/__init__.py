@@ -17,6 +17,30 @@ the reference solution works. Mistakes of the test author (a wrong argument type
 - :func:`check_device_agnostic`: the function runs on the ``meta`` device (no GPU needed).
 - :func:`no_host_sync`: on CUDA, the function never makes the host wait for the GPU.
 - :func:`seed_everything`: seeds ``random``, NumPy and PyTorch.
+- :func:`run_on_fake_cuda`: runs a function on a simulated GPU (tensors that say ``cuda`` and
+  hold CPU data): a hard-coded device is caught without a GPU, value-dependent code runs.
+
+Checks for hidden tests, each one call in a graded cell (every failure message names the call,
+with argument shapes, dtypes, layout and device):
+
+- ``check_values(fn, reference, cases, *, vary=(0,), devices=None, rtol=None, atol=None,
+  name=None, check_inputs_unchanged=True) -> int``: ``fn`` equals an independent ``reference``
+  on every case (:class:`Case` ``(*args, label=None, **kwargs)`` or a tuple), device and memory
+  layout of the varied arguments (``layout_variants(x) -> dict[str, Tensor]``: contiguous,
+  channels-last, transposed view, strided view), and leaves its inputs unchanged.
+- ``check_gradients(fn, *args, wrt=None, name=None, atol=1e-5, rtol=1e-3, **kwargs) -> None``:
+  the output requires grad and ``torch.autograd.gradcheck`` passes in float64.
+- ``check_devices_and_dtypes(fn, make_args, *, reference=None, dtypes=(float32, float64),
+  output_dtype=None, expected_shape=None, meta=True, fake_cuda=True, half_on_cuda=True,
+  name=None) -> list[str]``: the output's device, dtype, shape and values on ``meta``, on
+  simulated CUDA, on every real device (CUDA under :func:`no_host_sync`, with float16 and
+  bfloat16); returns what ran where.
+- ``check_no_builtin(fn, ops, *args, backward=True, forbidden_modules=("segutils",
+  "torchmetrics"), **kwargs)``: no forbidden operator forward or backward, no delegation.
+- ``check_raises(fn, args, problem, *, kwargs=None, exception=ValueError, match=None)``: bad
+  input raises the documented exception with a non-empty message.
+- ``assert_vectorized(fn, make_inputs, sizes=((8, 8), (16, 16)), name=None, tolerance=0)``: the
+  number of operators does not grow with the image size (op growth).
 
 Operator names. An aten operator is named by its overload packet as ``str()`` writes it:
 ``"aten.convolution"`` (``str(torch.ops.aten.convolution)``), not by overload
@@ -31,31 +55,49 @@ The code is split into one module per tool: ``values`` (``assert_close``), ``env
 (``devices``, ``seed_everything``), ``operators`` (``count_ops``, ``total_ops``,
 ``assert_vectorized``), ``forbidden`` (``forbid_ops`` and the operator sets), ``delegation``
 (``assert_no_delegation``), ``device_agnostic`` (``check_device_agnostic``) and ``host_sync``
-(``no_host_sync``). Import every name from ``segutils.testing`` itself.
+(``no_host_sync``), ``fake_cuda`` (``run_on_fake_cuda``), ``variants`` (``check_values``,
+``Case``, ``layout_variants``), ``gradients`` (``check_gradients``), ``device_dtype``
+(``check_devices_and_dtypes``) and ``validation`` (``check_raises``). Import every name from ``segutils.testing`` itself.
 """
 from __future__ import annotations
 
 from .delegation import assert_no_delegation
 from .device_agnostic import check_device_agnostic
+from .device_dtype import check_devices_and_dtypes
 from .environment import devices, seed_everything
-from .forbidden import CONVOLUTION_OPS, CROSS_ENTROPY_OPS, INTERPOLATION_OPS, UNPOOL_OPS, forbid_ops
+from .fake_cuda import run_on_fake_cuda
+from .forbidden import (
+    CONVOLUTION_OPS, CROSS_ENTROPY_OPS, INTERPOLATION_OPS, UNPOOL_OPS, check_no_builtin, forbid_ops,
+)
+from .gradients import check_gradients
 from .host_sync import no_host_sync
 from .operators import assert_vectorized, count_ops, total_ops
+from .validation import check_raises
 from .values import assert_close
+from .variants import Case, check_values, describe_call, layout_variants
 
 __all__ = [
     "CONVOLUTION_OPS",
     "CROSS_ENTROPY_OPS",
+    "Case",
     "INTERPOLATION_OPS",
     "UNPOOL_OPS",
     "assert_close",
     "assert_no_delegation",
     "assert_vectorized",
     "check_device_agnostic",
+    "check_devices_and_dtypes",
+    "check_gradients",
+    "check_no_builtin",
+    "check_raises",
+    "check_values",
     "count_ops",
+    "describe_call",
     "devices",
     "forbid_ops",
+    "layout_variants",
     "no_host_sync",
+    "run_on_fake_cuda",
     "seed_everything",
     "total_ops",
 ]

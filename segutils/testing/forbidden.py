@@ -1,15 +1,18 @@
-"""``forbid_ops`` and the operator sets a from-scratch implementation must not dispatch."""
+"""``forbid_ops``, ``check_no_builtin`` and the operator sets a from-scratch implementation must not dispatch."""
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Union
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from ._common import _op_name
+from .delegation import assert_no_delegation
 
-__all__ = ["CONVOLUTION_OPS", "CROSS_ENTROPY_OPS", "INTERPOLATION_OPS", "UNPOOL_OPS", "forbid_ops"]
+__all__ = [
+    "CONVOLUTION_OPS", "CROSS_ENTROPY_OPS", "INTERPOLATION_OPS", "UNPOOL_OPS", "check_no_builtin", "forbid_ops",
+]
 
 OpsSpec = Union[str, torch._ops.OpOverloadPacket, torch._ops.OpOverload, Iterable[Any]]
 
@@ -150,3 +153,49 @@ def forbid_ops(fn_or_ops: Any, ops: OpsSpec | None = None, /, *args: Any, **kwar
         raise TypeError("forbid_ops(fn, ops, *args): ops is missing")
     with _ForbidOps(_patterns(ops)):
         return fn_or_ops(*args, **kwargs)
+
+
+def check_no_builtin(
+    fn: Callable[..., Any],
+    ops: OpsSpec,
+    /,
+    *args: Any,
+    backward: bool = True,
+    forbidden_modules: Sequence[str] = ("segutils", "torchmetrics"),
+    **kwargs: Any,
+) -> Any:
+    """Check that ``fn`` does the work itself: no forbidden operator, forward or backward, no delegation.
+
+    Runs ``fn(*args, **kwargs)`` under :func:`forbid_ops` (``ops``, e.g. ``CONVOLUTION_OPS``), then,
+    if ``backward`` and the output requires grad, ``output.sum().backward()`` under it too (a
+    built-in called inside a custom ``autograd.Function``'s backward is caught); then runs it
+    again under :func:`~segutils.testing.assert_no_delegation` (no call into the course package).
+    Gradients are not checked here: a function whose output does not require grad passes.
+
+    Returns:
+        ``fn``'s output (of the first call).
+
+    Raises:
+        AssertionError: a forbidden operator was dispatched, or the course package was called.
+    """
+    if not callable(fn):
+        raise TypeError(f"check_no_builtin(fn, ops, *args): fn must be callable, got {type(fn).__name__}")
+    with _ForbidOps(_patterns(ops)):
+        out = fn(*args, **kwargs)
+        if backward:
+            outs = out if isinstance(out, (tuple, list)) else [out]
+            grads = [o for o in outs if isinstance(o, torch.Tensor) and o.requires_grad and o.is_floating_point()]
+            if grads:
+                sum(o.sum() for o in grads).backward()
+    assert_no_delegation(fn, *_detached(args), forbidden_modules=forbidden_modules, **_detached(kwargs))
+    return out
+
+
+def _detached(obj: Any) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.detach()
+    if isinstance(obj, dict):
+        return {k: _detached(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)) and not hasattr(obj, "_fields"):
+        return type(obj)(_detached(x) for x in obj)
+    return obj
