@@ -107,9 +107,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--checkpoint", default=None, help="where to save the trained model")
     train.set_defaults(run=_train)
 
+    from segutils.audit.cli import add_audit_parser
     from segutils.grading.cli import add_grade_parser
 
     add_grade_parser(commands)
+    add_audit_parser(commands)
     return parser
 
 
