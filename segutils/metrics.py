@@ -12,17 +12,27 @@ Typical use::
         for images, masks in loader:
             metric.update(model(images), masks)   # logits (N, K, H, W), masks (N, H, W)
     scores = metric.compute()                      # scores["mean_iou"], ...
+
+Boundary metrics measure what the overall mIoU dilutes, the placement of edges:
+:func:`boundary_band` selects the pixels near a label edge (the "trimap" band in which
+DeepLab reports mIoU), and :class:`BoundaryFScore` matches predicted and true edge pixels
+within a distance tolerance (the boundary F-score of Csurka et al., 2013, as used for
+DAVIS and Cityscapes-style boundary evaluation).
 """
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = [
+    "BoundaryFScore",
     "ConfusionMatrix",
+    "boundary_band",
     "confusion_matrix",
     "dice_per_class",
     "iou_per_class",
+    "label_edges",
     "mean_dice",
     "mean_iou",
     "pixel_accuracy",
@@ -403,3 +413,144 @@ class ConfusionMatrix:
             "iou_per_class": iou_per_class(conf),
             "confusion_matrix": conf,
         }
+
+
+def _check_label_map(labels: Tensor, name: str) -> Tensor:
+    """``labels`` as an integer ``(N, H, W)`` tensor, or a clear error."""
+    labels = _as_labels(labels, name)
+    if labels.ndim != 3:
+        raise ValueError(f"{name} must have shape (N, H, W), got {tuple(labels.shape)}")
+    return labels
+
+
+def _dilate(region: Tensor, radius: int) -> Tensor:
+    """``(N, H, W)`` bool: pixels within ``radius`` (max-norm, i.e. a ``2r+1`` square) of ``region``."""
+    if radius == 0:
+        return region
+    grown = F.max_pool2d(region[:, None].to(torch.float32), 2 * radius + 1, stride=1, padding=radius)
+    return grown[:, 0] > 0
+
+
+def _check_width(value: int, name: str, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+
+
+def label_edges(labels: Tensor) -> Tensor:
+    """Edge pixels of a label map: those with a 4-neighbour of another label.
+
+    Both sides of every transition are edge pixels; the image border is not an edge.
+
+    Args:
+        labels: ``(N, H, W)`` integer (or bool) labels.
+
+    Returns:
+        ``(N, H, W)`` bool.
+    """
+    labels = _check_label_map(labels, "labels")
+    edge = torch.zeros(labels.shape, dtype=torch.bool, device=labels.device)
+    vertical = labels[:, 1:, :] != labels[:, :-1, :]
+    horizontal = labels[:, :, 1:] != labels[:, :, :-1]
+    edge[:, 1:, :] |= vertical
+    edge[:, :-1, :] |= vertical
+    edge[:, :, 1:] |= horizontal
+    edge[:, :, :-1] |= horizontal
+    return edge
+
+
+def boundary_band(target: Tensor, width: int, ignore_index: int | None = 255) -> Tensor:
+    """The trimap band: labelled pixels within ``width`` pixels of a pixel with another label.
+
+    Distance is the max-norm (a ``(2 * width + 1)``-pixel square around each pixel), and an
+    ignored pixel counts as another label, so a band of ignore labels along every edge (as
+    in PASCAL VOC) is surrounded by the band. Restrict a confusion matrix to the band by
+    setting the other pixels to ``ignore_index``, e.g.
+    ``torch.where(boundary_band(t, 2), t, 255)``, to get the band mIoU DeepLab reports.
+
+    Args:
+        target: ``(N, H, W)`` integer labels.
+        width: ``w >= 1``.
+        ignore_index: label of unlabelled pixels (never in the band); None if there is none.
+
+    Returns:
+        ``(N, H, W)`` bool.
+    """
+    target = _check_label_map(target, "target")
+    _check_width(width, "width", 1)
+    _check_ignore_index(ignore_index)
+    as_float = target[:, None].to(torch.float64)  # float64 holds every int32 label exactly
+    high = F.max_pool2d(as_float, 2 * width + 1, stride=1, padding=width)
+    low = -F.max_pool2d(-as_float, 2 * width + 1, stride=1, padding=width)
+    band = (high != low)[:, 0]
+    return band if ignore_index is None else band & (target != ignore_index)
+
+
+class BoundaryFScore:
+    """Per-class boundary F-score, accumulated over a data set.
+
+    For class ``c``, the predicted boundary is :func:`label_edges` of ``pred == c`` and the
+    true boundary that of ``target == c``. A predicted boundary pixel is *matched* when a
+    true one lies within ``tolerance`` pixels (max-norm), and vice versa. Over the whole
+    data set, precision = matched predicted / predicted and recall = matched true / true
+    boundary pixels; ``F = 2PR / (P + R)``. Pixels whose target is ``ignore_index`` belong
+    to neither boundary (use targets without an ignore band where possible, e.g.
+    ``ShapesDataset(ignore_boundary=False)``).
+
+    ``compute()["mean_f"]`` averages over the classes that have true boundary pixels. For a
+    class-agnostic score (object against background) pass ``(pred != 0)`` and
+    ``(target != 0)`` with ``num_classes=2`` and read class 1.
+
+    Args:
+        num_classes: ``K``.
+        tolerance: distance in pixels within which boundary pixels match (0 = exact).
+        ignore_index: target label to leave out; None for none.
+    """
+
+    def __init__(self, num_classes: int, tolerance: int = 1, ignore_index: int | None = 255) -> None:
+        _check_num_classes(num_classes)
+        _check_width(tolerance, "tolerance", 0)
+        _check_ignore_index(ignore_index)
+        self.num_classes, self.tolerance, self.ignore_index = num_classes, tolerance, ignore_index
+        # Per class: matched predicted, predicted, matched true, true boundary pixels.
+        self._counts = torch.zeros(num_classes, 4, dtype=torch.int64)
+
+    def update(self, pred_or_logits: Tensor, target: Tensor) -> None:
+        """Add a batch: class ids ``(N, H, W)`` or logits ``(N, K, H, W)``, and target ``(N, H, W)``."""
+        if isinstance(pred_or_logits, Tensor) and pred_or_logits.is_floating_point():
+            if pred_or_logits.ndim != 4 or pred_or_logits.shape[1] != self.num_classes:
+                raise ValueError(f"logits must have shape (N, {self.num_classes}, H, W), got {tuple(pred_or_logits.shape)}")
+            pred_or_logits = pred_or_logits.detach().argmax(1)
+        pred, target = _check_label_map(pred_or_logits, "pred"), _check_label_map(target, "target")
+        if pred.shape != target.shape:
+            raise ValueError(f"pred {tuple(pred.shape)} and target {tuple(target.shape)} must have the same shape")
+        keep = torch.ones_like(target, dtype=torch.bool) if self.ignore_index is None else target != self.ignore_index
+        counts = []
+        for c in range(self.num_classes):
+            pred_edge = label_edges(pred == c) & keep
+            true_edge = label_edges(target == c) & keep
+            counts.append(torch.stack([
+                (pred_edge & _dilate(true_edge, self.tolerance)).sum(), pred_edge.sum(),
+                (true_edge & _dilate(pred_edge, self.tolerance)).sum(), true_edge.sum(),
+            ]))
+        self._counts += torch.stack(counts).cpu()
+
+    def reset(self) -> None:
+        """Zero the counts."""
+        self._counts.zero_()
+
+    def compute(self) -> dict[str, Tensor]:
+        """``"precision"``, ``"recall"``, ``"f_per_class"`` (each ``(K,)``, NaN where undefined) and ``"mean_f"``.
+
+        A class with true boundary pixels but no predicted ones has recall 0 and F = 0.
+        """
+        counts = self._counts.to(torch.float64)
+        precision = counts[:, 0] / counts[:, 1]
+        recall = counts[:, 2] / counts[:, 3]
+        f = 2 * precision * recall / (precision + recall)
+        has_truth = counts[:, 3] > 0
+        f = torch.where(has_truth & ~(counts[:, 1] > 0), torch.zeros_like(f), f)  # nothing predicted: F = 0
+        f = torch.where(has_truth & (precision + recall == 0), torch.zeros_like(f), f)
+        f = torch.where(has_truth, f, torch.full_like(f, float("nan")))
+        return {"precision": precision, "recall": recall, "f_per_class": f, "mean_f": f.nanmean()}

@@ -9,6 +9,7 @@ retrains). The cache lives in ``$SEGUTILS_CACHE`` (default ``~/.cache/segutils``
 from __future__ import annotations
 
 import ast
+import functools
 import hashlib
 import json
 import os
@@ -17,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
-from torch.utils.data import DataLoader
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, TensorDataset
 
 from segutils.data import ShapesDataset
 from segutils.models import build_model
@@ -39,6 +40,8 @@ class TrainingConfig:
     epochs: int = 4
     lr: float = 3e-3
     seed: int = 0
+    #: ``ShapesDataset(outline_detail=...)``: amplitude of waves along the outlines (0: none).
+    outline_detail: float = 0.0
 
 
 def cache_dir() -> Path:
@@ -69,14 +72,25 @@ def _source_digest() -> str:
     return digest.hexdigest()
 
 
-def loaders(config: TrainingConfig, workers: int = 1) -> tuple[DataLoader, DataLoader]:
-    """Train and validation loaders of ShapesDataset as ``config`` describes."""
-    train = ShapesDataset("train", size=config.train_size, image_size=config.image_size, seed=config.seed)
-    val = ShapesDataset("val", size=config.val_size, image_size=config.image_size, seed=config.seed)
-    return (
-        DataLoader(train, batch_size=config.batch_size, shuffle=True, num_workers=workers, persistent_workers=workers > 0),
-        DataLoader(val, batch_size=64, num_workers=workers, persistent_workers=workers > 0),
-    )
+@functools.lru_cache(maxsize=4)
+def rendered(split: str, size: int, image_size: int, seed: int, outline_detail: float = 0.0) -> tuple[Tensor, Tensor]:
+    """All samples of a :class:`ShapesDataset`, rendered once per process and kept in memory.
+
+    Several models trained in one process (``book/_ext/warm_models.py``) share one rendering
+    instead of drawing every image again in every epoch.
+
+    Returns:
+        ``(images (N, 3, H, W), masks (N, H, W))``; do not modify them in place.
+    """
+    dataset = ShapesDataset(split, size=size, image_size=image_size, seed=seed, outline_detail=outline_detail)
+    return dataset.batch(range(size))
+
+
+def loaders(config: TrainingConfig) -> tuple[DataLoader, DataLoader]:
+    """Train and validation loaders of ShapesDataset as ``config`` describes (rendered in memory)."""
+    train = TensorDataset(*rendered("train", config.train_size, config.image_size, config.seed, config.outline_detail))
+    val = TensorDataset(*rendered("val", config.val_size, config.image_size, config.seed, config.outline_detail))
+    return DataLoader(train, batch_size=config.batch_size, shuffle=True), DataLoader(val, batch_size=64)
 
 
 def trained_model(

@@ -100,6 +100,24 @@ def test_ignore_band_marks_only_object_edges():
         assert on_edge[~kept].all()
 
 
+def test_outline_detail_adds_edge_detail_and_keeps_the_default_scenes():
+    plain = ShapesDataset(size=6, image_size=48, seed=3)
+    assert digest(ShapesDataset(size=6, image_size=48, seed=3, outline_detail=0), range(6)) == digest(plain, range(6))
+    wavy = ShapesDataset(size=200, image_size=48, seed=3, outline_detail=1.5, ignore_boundary=False)
+    straight = ShapesDataset(size=200, image_size=48, seed=3, ignore_boundary=False)
+
+    def edge_per_object_pixel(dataset):
+        masks = dataset.batch(range(len(dataset)))[1]
+        objects = masks != 0
+        edges = (objects[:, 1:] != objects[:, :-1]).sum() + (objects[:, :, 1:] != objects[:, :, :-1]).sum()
+        return (edges / objects.sum()).item()
+
+    # Wavy outlines are longer for the same areas: more object/background transitions per object pixel.
+    assert edge_per_object_pixel(wavy) > 1.2 * edge_per_object_pixel(straight)
+    with pytest.raises(ValueError, match="outline_detail"):
+        ShapesDataset(outline_detail=-1)
+
+
 def test_a_pixel_colour_says_nothing_about_its_class():
     # Each object draws one texture, so the mean over ~600 objects per class has a
     # standard error of about 0.29 / sqrt(600) ~ 0.012 per channel: 0.06 is ~4 sigma of a difference.

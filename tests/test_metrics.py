@@ -339,3 +339,85 @@ def test_cuda_matches_cpu() -> None:
     assert torch.equal(metric.matrix.cpu(), confusion_matrix(logits.argmax(1).cpu(), target, 21))
     with pytest.raises(ValueError, match="target contains label 30"):
         confusion_matrix(pred.cuda(), torch.full_like(target, 30).cuda(), 21)
+
+
+# --- boundary metrics: trimap band and boundary F-score ------------------------------------
+
+from segutils.metrics import BoundaryFScore, boundary_band, label_edges  # noqa: E402
+
+BLOCK = torch.tensor([[0, 0, 0, 0], [0, 1, 1, 0], [0, 1, 1, 0], [0, 0, 0, 0]])[None]
+SHIFTED = torch.tensor([[0, 0, 0, 0], [0, 0, 1, 1], [0, 0, 1, 1], [0, 0, 0, 0]])[None]
+
+
+def test_label_edges_by_hand():
+    corners = torch.zeros(1, 4, 4, dtype=torch.bool)
+    corners[0, [0, 0, 3, 3], [0, 3, 0, 3]] = True
+    assert torch.equal(label_edges(BLOCK), ~corners)  # both sides of every transition, not the corners
+    assert not label_edges(torch.zeros(2, 3, 5, dtype=torch.long)).any()
+
+
+def test_boundary_f_score_by_hand():
+    # Shifting the 2x2 block right by one pixel: 10 predicted edge pixels, 12 true ones, 8 shared.
+    exact = BoundaryFScore(2, tolerance=0)
+    exact.update(SHIFTED, BLOCK)
+    got = exact.compute()
+    torch.testing.assert_close(got["precision"], torch.tensor([0.8, 0.8], dtype=torch.float64))
+    torch.testing.assert_close(got["recall"], torch.tensor([8 / 12, 8 / 12], dtype=torch.float64))
+    torch.testing.assert_close(got["mean_f"], torch.tensor(8 / 11, dtype=torch.float64))
+    tolerant = BoundaryFScore(2, tolerance=1)
+    tolerant.update(SHIFTED, BLOCK)
+    torch.testing.assert_close(tolerant.compute()["mean_f"], torch.tensor(1.0, dtype=torch.float64))
+    # Accumulated over a data set, not averaged per image: adding a perfect image changes the ratio.
+    exact.update(BLOCK, BLOCK)
+    torch.testing.assert_close(exact.compute()["mean_f"], torch.tensor(2 * 20 / (22 + 24), dtype=torch.float64))
+
+
+def test_boundary_f_score_missing_class_ignore_and_logits():
+    nothing = BoundaryFScore(3, tolerance=1)
+    nothing.update(torch.zeros_like(BLOCK), BLOCK)
+    f = nothing.compute()["f_per_class"]
+    assert f[0] == 0 and f[1] == 0 and torch.isnan(f[2])  # class 2 has no true boundary: left out
+    assert nothing.compute()["mean_f"] == 0
+    # An ignored pixel is on neither boundary: ignoring the whole block leaves no class-1 edge at all.
+    ignored = BoundaryFScore(2, tolerance=0)
+    ignored.update(SHIFTED, torch.where(BLOCK == 1, 255, BLOCK))
+    assert ignored.compute()["precision"][1] < 1
+    logits = torch.nn.functional.one_hot(SHIFTED, 2).permute(0, 3, 1, 2).float()
+    from_logits = BoundaryFScore(2, tolerance=0)
+    from_logits.update(logits, BLOCK)
+    torch.testing.assert_close(from_logits.compute()["mean_f"], torch.tensor(8 / 11, dtype=torch.float64))
+    with pytest.raises(ValueError, match="same shape"):
+        from_logits.update(SHIFTED[:, :3], BLOCK)
+    with pytest.raises(ValueError, match="tolerance must be >= 0"):
+        BoundaryFScore(2, tolerance=-1)
+
+
+def _brute_band(target: torch.Tensor, width: int, ignore: int) -> torch.Tensor:
+    out = torch.zeros_like(target, dtype=torch.bool)
+    n, h, w = target.shape
+    for k in range(n):
+        for i in range(h):
+            for j in range(w):
+                window = target[k, max(i - width, 0):i + width + 1, max(j - width, 0):j + width + 1]
+                out[k, i, j] = bool((window != target[k, i, j]).any()) and target[k, i, j] != ignore
+    return out
+
+
+def test_boundary_band_by_hand_and_against_a_loop():
+    dot = torch.zeros(1, 5, 5, dtype=torch.long)
+    dot[0, 2, 2] = 3
+    expected = torch.zeros(1, 5, 5, dtype=torch.bool)
+    expected[0, 1:4, 1:4] = True
+    assert torch.equal(boundary_band(dot, 1), expected)
+    dot[0, 0, 0] = 255  # an ignored pixel is never in the band, but makes its neighbours band pixels
+    expected[0, 0, 1] = expected[0, 1, 0] = True
+    assert torch.equal(boundary_band(dot, 1), expected)
+    g = torch.Generator().manual_seed(0)
+    target = torch.randint(0, 3, (2, 9, 11), generator=g)
+    target[torch.rand(target.shape, generator=g) < 0.1] = 255
+    for width in (1, 2, 3):
+        assert torch.equal(boundary_band(target, width), _brute_band(target, width, 255))
+    with pytest.raises(ValueError, match="width must be >= 1"):
+        boundary_band(target, 0)
+    with pytest.raises(ValueError, match=r"shape \(N, H, W\)"):
+        boundary_band(target[0], 1)

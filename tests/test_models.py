@@ -14,6 +14,7 @@ from segutils.models import (
     DilatedFCN,
     EncoderDecoderFCN,
     PatchClassifier,
+    PatchCNN,
     PlainFCN,
     UNet,
     bilinear_kernel,
@@ -21,12 +22,14 @@ from segutils.models import (
     convolutionalize,
     count_parameters,
     sliding_window_logits,
+    window_classifier,
 )
 
 SIZES = [(37, 53), (64, 64), (1, 1), (5, 7), (10, 3)]
 # Every segmentation model, with the encoder-decoder in each upsampling mode and without skips.
 MODEL_SPECS = [
     ("patch", {}),
+    ("patch_cnn", {}),
     ("plain", {}),
     ("dilated", {}),
     ("fcn", {}),
@@ -41,7 +44,7 @@ SPEC_IDS = [name + "".join(f"-{k}={v}" for k, v in kwargs.items()) for name, kwa
 
 def small(name: str, **kwargs) -> nn.Module:
     """A narrow version of model ``name`` (3 -> 5 classes) for fast tests."""
-    width = {"patch": {"hidden": (8,), "patch_size": 5}, "plain": {"channels": 8}, "dilated": {"channels": 8},
+    width = {"patch": {"hidden": (8,), "patch_size": 5}, "patch_cnn": {"width": 4, "dilations": (1, 2)}, "plain": {"channels": 8}, "dilated": {"channels": 8},
              "fcn": {"base_channels": 4}, "unet": {"base_channels": 4}}[name]
     torch.manual_seed(0)
     return build_model(name, 3, 5, **{**width, **kwargs})
@@ -60,8 +63,8 @@ def test_output_shape_any_size(name, kwargs, size):
 
 
 def test_build_model_names_and_kwargs():
-    assert set(MODEL_NAMES) == {"patch", "plain", "dilated", "fcn", "unet"}
-    classes = {"patch": ConvPatchClassifier, "plain": PlainFCN, "dilated": DilatedFCN, "fcn": EncoderDecoderFCN,
+    assert set(MODEL_NAMES) == {"patch", "patch_cnn", "plain", "dilated", "fcn", "unet"}
+    classes = {"patch": ConvPatchClassifier, "patch_cnn": ConvPatchClassifier, "plain": PlainFCN, "dilated": DilatedFCN, "fcn": EncoderDecoderFCN,
                "unet": UNet}
     for name in MODEL_NAMES:
         model = build_model(name)
@@ -69,6 +72,8 @@ def test_build_model_names_and_kwargs():
         assert (model.in_channels, model.num_classes) == (3, 5)
     assert build_model("patch").patch_size == 9
     assert build_model("patch", 1, 2, patch_size=3).patch_size == 3
+    assert build_model("patch_cnn").patch_size == 31  # 1 + 2 * (1 + 2 + 4 + 8)
+    assert build_model("patch_cnn", dilations=(1, 1, 3)).patch_size == 11
     assert build_model("plain", 1, 2, num_layers=7).num_layers == 7
     assert build_model("fcn", upsample="nearest").upsample == "nearest"
 
@@ -175,7 +180,7 @@ def test_bad_constructor_arguments():
         EncoderDecoderFCN(3, 5, upsample="bicubic")
     with pytest.raises(ValueError, match="depth must be >= 1"):
         UNet(3, 5, depth=0)
-    with pytest.raises(ValueError, match="unknown model name 'segnet'; choose one of patch, plain"):
+    with pytest.raises(ValueError, match="unknown model name 'segnet'; choose one of patch, patch_cnn, plain"):
         build_model("segnet")
     with pytest.raises(TypeError, match="unexpected keyword"):
         build_model("plain", depth=3)
@@ -253,8 +258,71 @@ def test_convolutionalize_structure_and_copies():
     with torch.no_grad():
         classifier.layers[1].weight.zero_()
     assert convs[0].weight.abs().sum() > 0  # weights were copied, not shared
-    with pytest.raises(TypeError, match="convolutionalize expects a PatchClassifier, got Sequential"):
+    with pytest.raises(TypeError, match="convolutionalize expects a PatchClassifier or PatchCNN, got Sequential"):
         convolutionalize(nn.Sequential(nn.Flatten(), nn.Linear(3, 2)))
+
+
+def _naive_patch_cnn(cnn: PatchCNN, images: torch.Tensor) -> torch.Tensor:
+    """The PatchCNN on every zero-padded window, one window at a time (independent of F.unfold)."""
+    p = cnn.patch_size
+    padded = F.pad(images, (p // 2,) * 4)
+    n, _, h, w = images.shape
+    out = torch.empty(n, cnn.num_classes, h, w, dtype=images.dtype)
+    for i in range(h):
+        for j in range(w):
+            out[:, :, i, j] = cnn(padded[:, :, i : i + p, j : j + p])
+    return out
+
+
+@pytest.mark.parametrize("dilations", [(1,), (1, 2), (2, 1, 3)], ids=str)
+def test_patch_cnn_convolutionalized_equals_its_sliding_window(dilations):
+    torch.manual_seed(4)
+    cnn = PatchCNN(3, 5, width=6, dilations=dilations)
+    for module in cnn.modules():  # non-trivial BatchNorm statistics, so that eval mode matters
+        if isinstance(module, nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+    cnn.eval()
+    assert cnn.patch_size == 1 + 2 * sum(dilations)
+    conv = convolutionalize(cnn).eval()
+    images = torch.randn(2, 3, 9, 13)
+    with torch.no_grad():
+        naive = _naive_patch_cnn(cnn, images)
+        torch.testing.assert_close(sliding_window_logits(cnn, images), naive, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(conv(images), naive, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match=f"expects {cnn.patch_size}x{cnn.patch_size} windows"):
+        cnn(torch.randn(1, 3, cnn.patch_size + 2, cnn.patch_size))
+    with pytest.raises(ValueError, match="dilations must name at least one layer"):
+        PatchCNN(3, 5, dilations=())
+
+
+def test_patch_cnn_has_no_padding_inside_the_window():
+    # Padding inside the window would make the sliding window differ from the one-pass form.
+    from segutils.receptive_field import receptive_field
+
+    cnn = PatchCNN(3, 5)
+    assert all(m.padding == (0, 0) for m in cnn.modules() if isinstance(m, nn.Conv2d))
+    conv = convolutionalize(cnn)
+    assert conv.kind == "cnn" and convolutionalize(PatchClassifier(3, 5, 3)).kind == "mlp"
+    assert [m.padding for m in conv.modules() if isinstance(m, nn.Conv2d)] == [(15, 15)] + [(0, 0)] * 4
+    assert receptive_field(conv) == cnn.patch_size == 31
+    assert count_parameters(conv) == count_parameters(cnn)
+
+
+@pytest.mark.parametrize("model", [PatchClassifier(3, 5, 7, hidden=(8, 4)), PatchCNN(3, 5, width=4, dilations=(1, 3))],
+                         ids=["mlp", "cnn"])
+def test_window_classifier_inverts_convolutionalize(model):
+    torch.manual_seed(5)
+    conv = convolutionalize(model).eval()
+    back = window_classifier(conv)
+    assert type(back) is type(model) and back.patch_size == model.patch_size and not back.training
+    images = torch.randn(2, 3, 10, 12)
+    with torch.no_grad():
+        torch.testing.assert_close(sliding_window_logits(back, images), conv(images), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(sliding_window_logits(back, images), sliding_window_logits(model.eval(), images),
+                                   atol=1e-6, rtol=1e-6)
+    with pytest.raises(TypeError, match="window_classifier expects a ConvPatchClassifier, got PlainFCN"):
+        window_classifier(PlainFCN(3, 5))
 
 
 def test_sliding_window_bad_arguments():
@@ -333,6 +401,25 @@ def test_encoder_decoder_skips_start_at_zero_and_are_used():
         torch.testing.assert_close(fused(x), coarse(x))
         fused.skip_scores[0].bias.fill_(1.0)
         assert not torch.allclose(fused(x), coarse(x))
+
+
+def test_fcn_16s_analogue_fuses_only_the_coarsest_skip():
+    coarse = EncoderDecoderFCN(3, 5, base_channels=4, upsample="nearest", skips=False).eval()
+    fcn16 = EncoderDecoderFCN(3, 5, base_channels=4, upsample="nearest", skips=1).eval()
+    assert fcn16.skip_stages == [1] and [up.scale_factor for up in fcn16.ups] == [2, 4]
+    assert EncoderDecoderFCN(3, 5, skips=2).skip_stages == [0, 1] == EncoderDecoderFCN(3, 5, skips=True).skip_stages
+    fcn16.load_state_dict(coarse.state_dict(), strict=False)
+    x = torch.randn(2, 3, 40, 24)
+    with torch.no_grad():
+        torch.testing.assert_close(fcn16(x), coarse(x))  # zero skip scores: the coarse model
+        fcn16.skip_scores[0].weight.normal_()
+        changed = (fcn16(x) - coarse(x)).abs().amax(dim=1)  # (N, H, W)
+    # The stride-4 skip changes the logits in 4x4 blocks (nearest upsampling), not finer.
+    blocks = changed.unflatten(1, (10, 4)).unflatten(3, (6, 4))
+    assert changed.max() > 0
+    torch.testing.assert_close(blocks, blocks[:, :, :1, :, :1].expand_as(blocks))
+    with pytest.raises(ValueError, match=r"skips must be a bool or an int in \[0, depth - 1\]"):
+        EncoderDecoderFCN(3, 5, depth=3, skips=3)
 
 
 @pytest.mark.parametrize("model_cls", [EncoderDecoderFCN, UNet])

@@ -42,3 +42,37 @@ def test_other_arguments_or_code_train_a_new_model(tmp_path, monkeypatch):
     monkeypatch.setattr(zoo, "_source_digest", lambda: "changed code")
     trained_model("plain", TINY, progress=False, channels=4, num_layers=1)
     assert len(list(tmp_path.glob("plain-*.pt"))) == 3
+
+
+def test_loaders_hold_exactly_the_shapes_dataset_samples():
+    config = TrainingConfig(image_size=16, train_size=6, val_size=3, batch_size=6, outline_detail=1.0)
+    train, val = zoo.loaders(config)
+    expected = zoo.ShapesDataset("train", size=6, image_size=16, seed=0, outline_detail=1.0)
+    images, masks = next(iter(zoo.DataLoader(train.dataset, batch_size=6)))
+    want_images, want_masks = expected.batch(range(6))
+    assert torch.equal(images, want_images) and torch.equal(masks, want_masks)
+    assert len(val.dataset) == 3
+    assert zoo.rendered("train", 6, 16, 0, 1.0) is zoo.rendered("train", 6, 16, 0, 1.0)  # rendered once
+
+
+def test_warm_models_finds_literal_calls_configs_and_seed_loops():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "book" / "_ext" / "warm_models.py"
+    spec = importlib.util.spec_from_file_location("warm_models", path)
+    warm = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(warm)
+    source = (
+        "a = trained_model('plain', progress=False)\n"
+        "for seed in (0, 1):\n"
+        "    runs = [trained_model('fcn', TrainingConfig(seed=seed, epochs=6), skips=k) for k in [0, 2]]\n"
+        "u = trained_model('unet', config=TrainingConfig(seed=3))\n"
+        "skipped = [trained_model('fcn', config), trained_model('fcn', TrainingConfig(seed=s)), trained_model('fcn', **kw)]\n"
+    )
+    calls = warm.literal_calls(source)
+    expected = [("plain", {})] + [
+        ("fcn", {"skips": k, "__config__": {"seed": seed, "epochs": 6}}) for seed in (0, 1) for k in (0, 2)
+    ] + [("unet", {"__config__": {"seed": 3}})]
+    assert sorted(map(repr, calls)) == sorted(map(repr, expected))
+    assert warm.literal_calls("%timeit x\n") == []

@@ -8,8 +8,11 @@ cell, has no timeout; the cells then load the checkpoints in a second.
 
 The models are found, not listed: every ``trained_model("<name>", <keyword>=<literal>, ...)``
 call in a code cell of the chapters whose arguments are all literals (``progress`` aside).
-Calls with computed arguments are left to their cells. A model already cached costs nothing,
-so a warm build spends well under a second here.
+The training configuration may be given as ``TrainingConfig(<keyword>=<literal>, ...)``, and
+a name bound by an enclosing ``for`` loop or comprehension over a literal tuple or list (for
+example ``for seed in (0, 1, 2)``) counts as each of its values, so that the runs of a
+seed study are found too. Calls with other computed arguments are left to their cells. A
+model already cached costs nothing, so a warm build spends well under a second here.
 
 Usage: ``python book/_ext/warm_models.py book/*.ipynb``
 """
@@ -28,28 +31,89 @@ import nbformat
 IGNORED_KEYWORDS = {"progress", "device"}
 
 
-def literal_calls(source: str) -> list[tuple[str, dict[str, Any]]]:
-    """``(name, model kwargs)`` of every all-literal ``trained_model(...)`` call in Python ``source``.
+class _NotLiteral(Exception):
+    """An argument that is neither a literal nor a loop variable over literals."""
 
+
+def _loop_bindings(tree: ast.AST) -> dict[ast.AST, list[tuple[str, list[Any]]]]:
+    """For every node, the ``(name, values)`` of the enclosing loops over literal sequences."""
+    bindings: dict[ast.AST, list[tuple[str, list[Any]]]] = {}
+
+    def visit(node: ast.AST, bound: list[tuple[str, list[Any]]]) -> None:
+        bindings[node] = bound
+        inner = bound
+        generators = [node] if isinstance(node, ast.For) else getattr(node, "generators", [])
+        for loop in generators:
+            if isinstance(loop.target, ast.Name):
+                try:
+                    values = list(ast.literal_eval(loop.iter))
+                except (ValueError, TypeError, SyntaxError):
+                    continue
+                inner = [*inner, (loop.target.id, values)]
+        for child in ast.iter_child_nodes(node):
+            visit(child, inner)
+
+    visit(tree, [])
+    return bindings
+
+
+def _value(node: ast.AST, names: dict[str, Any]) -> Any:
+    """A literal, a bound loop name, or ``TrainingConfig(<keyword>=<value>, ...)`` (as a dict)."""
+    if isinstance(node, ast.Name) and node.id in names:
+        return names[node.id]
+    if isinstance(node, ast.Call) and getattr(node.func, "id", getattr(node.func, "attr", None)) == "TrainingConfig":
+        if node.args or any(kw.arg is None for kw in node.keywords):
+            raise _NotLiteral
+        return {"__config__": {kw.arg: _value(kw.value, names) for kw in node.keywords}}
+    try:
+        return ast.literal_eval(node)
+    except (ValueError, TypeError, SyntaxError):
+        raise _NotLiteral from None
+
+
+def literal_calls(source: str) -> list[tuple[str, dict[str, Any]]]:
+    """``(name, arguments)`` of every all-literal ``trained_model(...)`` call in Python ``source``.
+
+    ``arguments`` are the model's keyword arguments, plus ``"__config__"`` (the keyword
+    arguments of ``TrainingConfig``) when the call passes a configuration. A call inside
+    loops over literal sequences yields one entry per combination of the loop values.
     Cells that do not parse as Python (IPython magics) are skipped.
     """
     try:
         tree = ast.parse(source)
     except SyntaxError:
         return []
+    bindings = _loop_bindings(tree)
     calls = []
     for node in ast.walk(tree):
         if not (isinstance(node, ast.Call) and getattr(node.func, "id", getattr(node.func, "attr", None)) == "trained_model"):
             continue
-        if len(node.args) != 1 or not isinstance(node.args[0], ast.Constant) or not isinstance(node.args[0].value, str):
+        if not 1 <= len(node.args) <= 2 or not isinstance(node.args[0], ast.Constant) or not isinstance(node.args[0].value, str):
             continue
-        try:
-            kwargs = {kw.arg: ast.literal_eval(kw.value) for kw in node.keywords if kw.arg not in IGNORED_KEYWORDS}
-        except ValueError:
+        if any(kw.arg is None for kw in node.keywords):  # a ``**mapping`` argument
             continue
-        if None in kwargs:  # a ``**mapping`` argument
-            continue
-        calls.append((node.args[0].value, kwargs))
+        loops = bindings.get(node, [])
+        combinations: list[dict[str, Any]] = [{}]
+        for name, values in loops:
+            combinations = [{**names, name: value} for names in combinations for value in values]
+        for names in combinations:
+            try:
+                kwargs = {kw.arg: _value(kw.value, names) for kw in node.keywords if kw.arg not in IGNORED_KEYWORDS}
+                if len(node.args) == 2:
+                    config = _value(node.args[1], names)
+                    if not (isinstance(config, dict) and "__config__" in config):
+                        continue
+                    kwargs.update(config)
+                if "config" in kwargs:
+                    config = kwargs.pop("config")
+                    if not (isinstance(config, dict) and "__config__" in config):
+                        continue
+                    kwargs.update(config)
+            except _NotLiteral:
+                continue
+            call = (node.args[0].value, kwargs)
+            if call not in calls:
+                calls.append(call)
     return calls
 
 
@@ -67,14 +131,18 @@ def book_models(notebooks: Iterable[Path]) -> list[tuple[str, dict[str, Any]]]:
 
 
 def main(argv: list[str]) -> int:
-    from segutils.zoo import cache_dir, trained_model
+    from segutils.zoo import TrainingConfig, cache_dir, trained_model
 
     models = book_models(Path(arg) for arg in argv)
     print(f"warm_models: {len(models)} reference models, cache {cache_dir()}", flush=True)
+    total = time.perf_counter()
     for name, kwargs in models:
         start = time.perf_counter()
-        trained_model(name, progress=False, **kwargs)
+        model_kwargs = dict(kwargs)
+        config = TrainingConfig(**model_kwargs.pop("__config__", {}))
+        trained_model(name, config, progress=False, **model_kwargs)
         print(f"warm_models: {name} {kwargs or ''} ready in {time.perf_counter() - start:.1f} s", flush=True)
+    print(f"warm_models: all ready in {time.perf_counter() - total:.1f} s", flush=True)
     return 0
 
 

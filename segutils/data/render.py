@@ -19,6 +19,8 @@ AREA_FRACTION = (0.04, 0.2)
 #: Texture period in pixels, drawn uniformly from this range.
 TEXTURE_PERIOD = (4.0, 16.0)
 NOISE_STD = 0.02
+#: Period in pixels of the waves along outlines (``outline_detail`` > 0), drawn uniformly from this range.
+OUTLINE_PERIOD = (4.0, 8.0)
 #: Standard deviation of the second colour of a texture around the first.
 TEXTURE_CONTRAST = 0.08
 
@@ -88,8 +90,15 @@ def render_scene(
     width: int,
     max_objects: int,
     num_shape_classes: int = len(SHAPES),
+    outline_detail: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Draw a scene of 1..``max_objects`` overlapping shapes.
+
+    ``outline_detail > 0`` makes every outline wavy: the shape is drawn in coordinates
+    displaced by up to ``outline_detail`` pixels along waves of period
+    :data:`OUTLINE_PERIOD` pixels, so edges carry detail finer than a coarse stride while
+    the overall shape (and so the class) stays recognisable. With 0 (the default) no extra
+    random numbers are drawn, so the scenes are those of earlier versions.
 
     Returns:
         ``(image, labels)``: image float32 ``(height, width, 3)`` in ``[0, 1]``;
@@ -110,6 +119,11 @@ def render_scene(
         angle = rng.uniform(0, 2 * math.pi)
         u = math.cos(angle) * (xx - cx) + math.sin(angle) * (yy - cy)
         v = -math.sin(angle) * (xx - cx) + math.cos(angle) * (yy - cy)
+        if outline_detail > 0:
+            period = rng.uniform(*OUTLINE_PERIOD)
+            phase_u, phase_v = rng.uniform(0, 2 * math.pi, size=2)
+            u, v = (u + outline_detail * np.sin(2 * math.pi * v / period + phase_u),
+                    v + outline_detail * np.sin(2 * math.pi * u / period + phase_v))
         inside = SHAPES[class_id - 1](u, v, area)
         texture = random_texture(rng, yy, xx)
         image[inside] = texture[inside]

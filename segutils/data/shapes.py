@@ -49,6 +49,9 @@ class ShapesDataset(Dataset):
         max_objects: at most this many objects per image (at least one).
         ignore_boundary: mark edge pixels with ``IGNORE_INDEX``; when False they take
             the majority class of the pixel.
+        outline_detail: amplitude in pixels of waves along every outline (0: straight
+            edges and round discs, the default). Wavy outlines have detail finer than a
+            network's coarse stride, for experiments on boundary precision.
 
     Each item is ``(image, mask)``: image float32 ``(3, H, W)`` in ``[0, 1]``, mask
     int64 ``(H, W)`` with ids in ``[0, len(CLASSES))`` or ``IGNORE_INDEX``.
@@ -67,6 +70,7 @@ class ShapesDataset(Dataset):
         transform: Transform | None = None,
         max_objects: int = 3,
         ignore_boundary: bool = True,
+        outline_detail: float = 0.0,
     ) -> None:
         if not isinstance(split, str) or not split:
             raise ValueError(f"split should be a non-empty string, got {split!r}")
@@ -83,6 +87,9 @@ class ShapesDataset(Dataset):
         self.transform = transform
         self.max_objects = max_objects
         self.ignore_boundary = ignore_boundary
+        if isinstance(outline_detail, bool) or not isinstance(outline_detail, (int, float)) or not 0 <= outline_detail <= 8:
+            raise ValueError(f"outline_detail should be a number of pixels in [0, 8], got {outline_detail!r}")
+        self.outline_detail = float(outline_detail)
         # crc32, unlike hash(), is the same in every process.
         self._split_key = zlib.crc32(split.encode("utf-8"))
 
@@ -95,7 +102,7 @@ class ShapesDataset(Dataset):
         index %= self.size
         rng = np.random.default_rng([self.seed, self._split_key, index])
         height, width = self.image_size
-        image, labels = render_scene(rng, height, width, self.max_objects)
+        image, labels = render_scene(rng, height, width, self.max_objects, outline_detail=self.outline_detail)
         mask = downsample_labels(labels, SUPERSAMPLE, IGNORE_INDEX if self.ignore_boundary else None)
         image_t = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
         mask_t = torch.from_numpy(np.ascontiguousarray(mask)).long()

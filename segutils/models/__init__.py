@@ -5,6 +5,8 @@ for any ``H, W``:
 
 - ``"patch"``: :func:`convolutionalize` of a :class:`PatchClassifier` (an MLP on ``p x p``
   windows), i.e. the sliding-window classifier run in one convolutional pass;
+- ``"patch_cnn"``: :func:`convolutionalize` of a :class:`PatchCNN` (unpadded, dilated ``3 x 3``
+  convolutions on ``p x p`` windows), a sliding-window classifier that sees a whole object;
 - ``"plain"``: :class:`PlainFCN`, stride-1 ``3 x 3`` convolutions;
 - ``"dilated"``: :class:`DilatedFCN`, dilated ``3 x 3`` convolutions;
 - ``"fcn"``: :class:`EncoderDecoderFCN`, FCN-32s/16s/8s-style encoder-decoder;
@@ -18,7 +20,14 @@ from torch import nn
 
 from segutils.models.encoder_decoder import UPSAMPLE_MODES, EncoderDecoderFCN, bilinear_kernel
 from segutils.models.fcn import DilatedFCN, PlainFCN
-from segutils.models.patch import ConvPatchClassifier, PatchClassifier, convolutionalize, sliding_window_logits
+from segutils.models.patch import (
+    ConvPatchClassifier,
+    PatchClassifier,
+    PatchCNN,
+    convolutionalize,
+    sliding_window_logits,
+    window_classifier,
+)
 from segutils.models.unet import UNet
 
 __all__ = [
@@ -28,6 +37,7 @@ __all__ = [
     "DilatedFCN",
     "EncoderDecoderFCN",
     "PatchClassifier",
+    "PatchCNN",
     "PlainFCN",
     "UNet",
     "bilinear_kernel",
@@ -35,9 +45,10 @@ __all__ = [
     "convolutionalize",
     "count_parameters",
     "sliding_window_logits",
+    "window_classifier",
 ]
 
-MODEL_NAMES = ("patch", "plain", "dilated", "fcn", "unet")
+MODEL_NAMES = ("patch", "patch_cnn", "plain", "dilated", "fcn", "unet")
 
 DEFAULT_PATCH_SIZE = 9
 
@@ -49,6 +60,8 @@ def build_model(name: str, in_channels: int = 3, num_classes: int = 5, **kwargs:
     :class:`ConvPatchClassifier` of a fresh :class:`PatchClassifier` (``patch_size`` defaults
     to 9, ``hidden`` to the PatchClassifier default), so that it segments whole images like
     the others; training it is training the patch classifier on every zero-padded window.
+    ``"patch_cnn"`` likewise returns the convolutionalized :class:`PatchCNN` (``width``,
+    ``dilations``).
 
     Raises:
         ValueError: unknown ``name``.
@@ -57,6 +70,8 @@ def build_model(name: str, in_channels: int = 3, num_classes: int = 5, **kwargs:
     if name == "patch":
         kwargs.setdefault("patch_size", DEFAULT_PATCH_SIZE)
         return convolutionalize(PatchClassifier(in_channels, num_classes, **kwargs))
+    if name == "patch_cnn":
+        return convolutionalize(PatchCNN(in_channels, num_classes, **kwargs))
     builders: dict[str, type[nn.Module]] = {
         "plain": PlainFCN,
         "dilated": DilatedFCN,

@@ -100,6 +100,9 @@ class EncoderDecoderFCN(nn.Module):
     - ``skips=True`` (FCN-16s/8s): upsample the scores by 2, add the ``1 x 1`` scores of the
       pooled encoder stage at that stride, repeat down to stride 2, then upsample by 2. As in
       FCN, the skip score layers start at zero, so training starts from the coarse model.
+    - ``skips=n`` (an int): fuse only the ``n`` coarsest skips, then upsample the rest of the
+      way in one step; with ``depth=3``, ``skips=1`` is the FCN-16s analogue (fuse stride 4,
+      upsample by 4) and ``skips=2`` equals ``skips=True``.
 
     ``upsample="transposed"`` uses learnable ``ConvTranspose2d`` layers initialised with
     :func:`bilinear_kernel`; ``"bilinear"``/``"nearest"`` use fixed interpolation.
@@ -115,7 +118,8 @@ class EncoderDecoderFCN(nn.Module):
         base_channels: channels of the first stage (doubling at each stage).
         depth: number of downsampling stages (output stride of the encoder is ``2**depth``).
         upsample: ``"transposed"``, ``"bilinear"`` or ``"nearest"``.
-        skips: fuse the scores of the finer encoder stages (FCN-8s style) or not (FCN-32s).
+        skips: fuse the scores of all finer encoder stages (True, FCN-8s style), none (False,
+            FCN-32s) or the ``n`` coarsest (an int from 0 to ``depth - 1``).
 
     Shape:
         - Input: :math:`(N, C, H, W)`, any :math:`H, W`.
@@ -138,24 +142,35 @@ class EncoderDecoderFCN(nn.Module):
         self.depth = _check_positive_int(depth, "depth")
         if upsample not in UPSAMPLE_MODES:
             raise ValueError(f"upsample must be one of {UPSAMPLE_MODES}, got {upsample!r}")
-        if not isinstance(skips, bool):
-            raise TypeError(f"skips must be a bool, got {type(skips).__name__}")
+        if isinstance(skips, bool):
+            num_skips = depth - 1 if skips else 0
+        elif isinstance(skips, int):
+            if not 0 <= skips <= depth - 1:
+                raise ValueError(f"skips must be a bool or an int in [0, depth - 1] = [0, {depth - 1}], got {skips}")
+            num_skips = skips
+        else:
+            raise TypeError(f"skips must be a bool or an int, got {type(skips).__name__}")
         self.upsample = upsample
-        self.skips = skips
+        self.num_skips = num_skips
+        self.skips = num_skips > 0
+        #: Encoder stages whose pooled scores are fused, coarsest last (stage i has stride 2**(i + 1)).
+        self.skip_stages = list(range(depth - 1 - num_skips, depth - 1))
 
         widths = [base_channels * 2**i for i in range(depth)]
         self.stages = nn.ModuleList(_double_conv(c_in, c_out) for c_in, c_out in zip([in_channels, *widths], widths))
         self.pool = nn.MaxPool2d(2)
         self.bottom = _double_conv(widths[-1], base_channels * 2**depth)
         self.score = nn.Conv2d(base_channels * 2**depth, num_classes, 1)
-        if skips:
-            # skip_scores[i] scores the pooled output of stage i (stride 2**(i + 1)), i < depth - 1.
-            self.skip_scores = nn.ModuleList(nn.Conv2d(width, num_classes, 1) for width in widths[:-1])
+        if num_skips:
+            # skip_scores[k] scores the pooled output of stage skip_stages[k]; with all skips, k is the stage.
+            self.skip_scores = nn.ModuleList(nn.Conv2d(widths[i], num_classes, 1) for i in self.skip_stages)
             for layer in self.skip_scores:
                 nn.init.zeros_(layer.weight)
                 nn.init.zeros_(layer.bias)
-            # ups[j] goes from stride 2**(depth - j) to 2**(depth - j - 1).
-            self.ups = nn.ModuleList(_make_upsample(upsample, num_classes, 2) for _ in range(depth))
+            # ups[j] (j < num_skips) goes from stride 2**(depth - j) to 2**(depth - j - 1); the last one
+            # from the finest fused stride to stride 1.
+            self.ups = nn.ModuleList(_make_upsample(upsample, num_classes, 2) for _ in range(num_skips))
+            self.ups.append(_make_upsample(upsample, num_classes, 2 ** (depth - num_skips)))
         else:
             self.skip_scores = nn.ModuleList()
             self.ups = nn.ModuleList([_make_upsample(upsample, num_classes, 2**depth)])
@@ -169,8 +184,8 @@ class EncoderDecoderFCN(nn.Module):
             x = self.pool(stage(x))
             pooled.append(x)
         scores = self.score(self.bottom(x))
-        if self.skips:
-            for up, i in zip(self.ups, range(self.depth - 2, -1, -1)):
-                scores = up(scores) + self.skip_scores[i](pooled[i])
+        for j in range(self.num_skips):  # coarsest skip first
+            k = self.num_skips - 1 - j
+            scores = self.ups[j](scores) + self.skip_scores[k](pooled[self.skip_stages[k]])
         scores = self.ups[-1](scores)
         return scores[..., :h, :w]
