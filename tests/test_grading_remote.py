@@ -366,3 +366,53 @@ def test_probes_measure_in_the_student_process():
     with pytest.raises(AssertionError):
         testing.assert_vectorized(looped, lambda size: (torch.randn(size, size),), sizes=(4, 8))
     assert probes.take_measured() == []
+
+
+def test_grader_modules_travel_as_copies_whose_changes_come_back():
+    from segutils.models import PatchClassifier
+
+    torch.manual_seed(0)
+    clf = PatchClassifier(2, 3, 3, hidden=()).eval()
+    modes = []
+    clf.register_forward_pre_hook(lambda module, args: modes.append(module.training))
+
+    def convolutionalize(classifier):  # reads the classifier's attributes: needs a real module
+        lin = classifier.layers[1]
+        conv = torch.nn.Conv2d(2, 3, classifier.patch_size, padding=classifier.patch_size // 2)
+        conv.weight.data = lin.weight.reshape(3, 2, 3, 3).clone()
+        conv.bias.data = lin.bias.clone()
+        return conv
+
+    def train(model):
+        model.train()
+        model(torch.randn(4, 2, 3, 3))
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(1.0)
+        return model.to("meta") is model
+
+    with student({"convolutionalize": convolutionalize, "train": train}) as lookup:
+        conv = lookup("convolutionalize")(clf)
+        assert type(conv).__name__ == "Conv2d"  # the student's module: a proxy
+        x = torch.randn(1, 2, 5, 5)
+        with torch.no_grad():
+            want = torch.nn.functional.unfold(x, 3, padding=1).transpose(1, 2) @ clf.layers[1].weight.T + clf.layers[1].bias
+            assert torch.allclose(conv(x), want.transpose(1, 2).reshape(1, 3, 5, 5), atol=1e-5)
+        before = [p.detach().clone() for p in clf.parameters()]
+        assert lookup("train")(clf) is True
+    assert modes == [True]  # the hook registered in the grader ran (called back) with the student's copy
+    assert clf.training and all(p.device.type == "meta" for p in clf.parameters())
+    assert [p.shape for p in clf.parameters()] == [b.shape for b in before]
+
+
+def test_only_the_student_side_accepts_module_copies():
+    message = encode(torch.nn.Linear(2, 3), export=lambda o: codec.RefInfo("g", 1, "", "", True),
+                     modules_by_value=True)
+    with pytest.raises(CodecError, match="module where only data"):
+        decode(message, resolve=lambda ref: None)
+    got = []
+    linear = decode(message, resolve=lambda ref: None, modules=lambda mid, m: got.append(mid))
+    assert type(linear) is torch.nn.Linear and got == [1] and linear.weight.shape == (3, 2)
+    fake = _message({"t": "module", "m": "os", "n": "system", "mid": None, "state": {"t": "dict", "v": []}})
+    with pytest.raises(CodecError, match="not one of torch.nn or segutils"):
+        decode(fake, modules=lambda mid, m: None)

@@ -136,6 +136,10 @@ class Executor:
         self.kernel_log = Path(spec.get("kernel_log", str(work_dir.parent / "kernel.log")))
         self.cuda_devices = 0
         self.notes: list[str] = []
+        # "kernel": the tests run here, watched by the guard; "student": two-process grading, where this
+        # process never sees a test and serves the grader (segutils.grading.remote) where each test stands.
+        self.role = str(spec.get("role", "kernel"))
+        self.channel = str(spec.get("channel", ""))
 
     # -- output -------------------------------------------------------------------------------
     def emit(self, record: dict) -> None:
@@ -170,6 +174,8 @@ class Executor:
             log.close()
         await client.async_start_new_kernel_client()
         self.client = client
+        if self.role == "student":
+            return
         answer = await self.guard("install", self.spec.get("guard_modules", []))
         if answer is not None:
             self.cuda_devices = int(answer.get("cuda_devices", 0))
@@ -278,11 +284,14 @@ class Executor:
         return answer
 
     # -- cells ------------------------------------------------------------------------------------
-    async def execute(self, index: int, record: _Record | None) -> str:
-        """Execute cell ``index``; fill ``record`` (``None`` for a silent replay). Returns the status."""
+    async def execute(self, index: int, record: _Record | None, source: str | None = None) -> str:
+        """Execute cell ``index`` (or ``source`` in its place, silently); fill ``record`` (``None`` for a
+        silent run). Returns the status."""
         from nbclient.exceptions import CellTimeoutError, DeadKernelError
 
         cell = self.nb.cells[index] if record is not None else _copy_cell(self.nb.cells[index])
+        if source is not None:
+            cell.source = source
         client = self.client
         client.reset_cell()
         self._reply = None
@@ -322,6 +331,21 @@ class Executor:
                 record.evalue = f"the cell printed more than {client.cell_cap} bytes and was stopped"
         return status
 
+    async def serve_test(self, index: int, record: _Record) -> str:
+        """Two-process grading: where test cell ``index`` stands, the kernel serves the grader's requests
+        (:func:`segutils.grading.remote.student.serve`); nothing it prints is kept."""
+        from segutils.grading.remote.student import serve_command
+
+        started = time.monotonic()
+        status = await self.execute(index, None, source=serve_command(self.channel, index))
+        record.seconds = time.monotonic() - started
+        record.status = "served" if status in ("ok", "error") else status
+        if status == "died":
+            record.notes.append(f"the kernel died while the grader ran this test ({self.kernel_exit()})")
+        elif status in ("timeout", "hung"):
+            record.notes.append("the kernel was still busy when the cell timeout passed and was interrupted")
+        return status
+
     async def recover(self, upto: int) -> bool:
         """After a kernel death: kill everything, start a kernel, replay cells before ``upto``."""
         self.deaths += 1
@@ -342,7 +366,7 @@ class Executor:
 
     async def _pin(self, index: int) -> None:
         pins = self.plan[index].get("pins") or []
-        if pins:
+        if pins and self.role != "student":
             await self.guard("pin", pins)
 
     async def run(self) -> None:
@@ -368,6 +392,14 @@ class Executor:
                     self.emit(record.to_json())
                     continue
             graded = self.plan[index]["kind"] == "graded"
+            if graded and self.role == "student":
+                status = await self.serve_test(index, record)
+                if status in ("died", "hung"):
+                    self.killers.add(index)
+                    alive = await self.recover(index + 1)
+                self.kill_strays(record)
+                self.emit(record.to_json())
+                continue
             if graded:
                 answer = await self.guard("restore")
                 if answer is None:
@@ -418,6 +450,11 @@ def _copy_cell(cell: Any) -> Any:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if "--grader" in argv:  # the grader process of two-process grading (started through the same bootstrap)
+        from segutils.grading.remote.grader import main as grader_main
+
+        return grader_main(argv)
     parser = argparse.ArgumentParser(prog="python -m segutils.grading.execute", description=__doc__.split("\n")[0])
     parser.add_argument("--input", required=True, help="directory holding spec.json and files/")
     parser.add_argument("--work", required=True, help="writable directory to run the notebook in")

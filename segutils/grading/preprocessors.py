@@ -27,6 +27,7 @@ import re
 import selectors
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -270,6 +271,9 @@ class SandboxedExecute(Execute):
     python = Unicode(sys.executable, help="the interpreter that runs the executor and the kernel").tag(config=True)
     extra_guard_modules = List(Unicode(), help="modules the guard watches besides the locked cells' imports").tag(
         config=True)
+    two_process = Bool(False, help="run the test cells in a grader process of their own, the student's code in "
+                                   "the student's (segutils.grading.remote); False: tests in the student's kernel, "
+                                   "watched by the guard").tag(config=True)
 
     def _limits(self) -> sandbox.Limits:
         data = dict(self.limits)
@@ -297,15 +301,22 @@ class SandboxedExecute(Execute):
         name = f"{resources['nbgrader']['notebook']}.ipynb"
         staging = Path(tempfile.mkdtemp(prefix="segutils-exec-"))
         try:
-            records, end, problem = self._run(nb, plan, modules, limits, build_dir, name, staging)
+            if self.two_process:
+                records, end, problem = self._run_two_process(nb, plan, limits, build_dir, name, staging)
+            else:
+                records, end, problem = self._run(nb, plan, modules, limits, build_dir, name, staging)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         self._apply(nb, plan, records, end, problem, limits, info)
+        if self.two_process:
+            info["cuda_devices"] = int(getattr(self, "_cuda", 0))
+            info["two_process"] = True
         return nb, resources
 
     # -- running the executor ----------------------------------------------------------------
-    def _run(self, nb, plan, modules, limits, build_dir, name, staging):
-        files = staging / "input" / "files"
+    def _stage(self, nb, spec, build_dir, name, input_dir: Path) -> None:
+        """The executor's input folder: ``spec.json`` and ``files/`` (the notebook and the files beside it)."""
+        files = input_dir / "files"
         files.mkdir(parents=True)
         for path in build_dir.iterdir() if build_dir.is_dir() else []:
             if path.name == name or path.name.startswith("."):
@@ -317,15 +328,14 @@ class SandboxedExecute(Execute):
                 shutil.copy2(path, target)
         clean = nbformat.from_dict(json.loads(json.dumps(nb)))
         nbformat.write(clean, files / name)
+        (input_dir / "spec.json").write_text(json.dumps(spec), encoding="utf-8")
+        _readable(input_dir)
+
+    def _run(self, nb, plan, modules, limits, build_dir, name, staging):
         spec = {"notebook": name, "cells": plan, "guard_modules": modules, "limits": limits.to_dict(),
                 "max_kernel_deaths": int(self.max_kernel_deaths), "startup_timeout": int(self.startup_timeout or 120)}
-        (staging / "input" / "spec.json").write_text(json.dumps(spec), encoding="utf-8")
+        self._stage(nb, spec, build_dir, name, staging / "input")
         os.chmod(staging, 0o755)
-        for root, dirs, filenames in os.walk(staging / "input"):
-            for d in dirs:
-                os.chmod(Path(root) / d, 0o755)
-            for f in filenames:
-                os.chmod(Path(root) / f, 0o644)
 
         gpu = sandbox.GpuDevice(**self.gpu) if self.gpu else None
         env = sandbox.sandbox_env(limits, gpu, use_cuda=gpu is not None)
@@ -396,6 +406,151 @@ class SandboxedExecute(Execute):
             problem = f"the sandbox stopped before the notebook finished (exit status {code}) {tail.strip()[-500:]}"
         return records, end, problem
 
+    def _run_two_process(self, nb, plan, limits, build_dir, name, staging):
+        """Two-process grading: the student's cells in one sandbox, the test cells in another.
+
+        The student's sandbox gets the notebook *without* the test cells' sources; at each test cell
+        its kernel connects to the grader's socket (bound into it as one file) and serves the
+        grader's requests. The grader's sandbox gets only the cells it runs (no student file). The
+        records of graded cells come from the grader alone."""
+        os.chmod(staging, 0o755)
+        student_nb = nbformat.from_dict(json.loads(json.dumps(nb)))
+        for entry in plan:
+            if entry["kind"] == "graded":
+                student_nb.cells[entry["index"]].source = ""
+        channel_host = staging / "channel.sock"
+        channel = SANDBOX_CHANNEL if self.sandbox else str(channel_host)
+        student_spec = {"notebook": name, "cells": plan, "guard_modules": [], "limits": limits.to_dict(),
+                        "max_kernel_deaths": int(self.max_kernel_deaths),
+                        "startup_timeout": int(self.startup_timeout or 120), "role": "student", "channel": channel}
+        self._stage(student_nb, student_spec, build_dir, name, staging / "input")
+        grader_input = staging / "grader"
+        grader_input.mkdir()
+        (grader_input / "spec.json").write_text(json.dumps({"cells": grader_cells(nb, plan), "limits": limits.to_dict()}),
+                                                encoding="utf-8")
+        _readable(grader_input)
+
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        listener.bind(str(channel_host))
+        listener.listen(8)
+        os.chmod(channel_host, 0o777)
+        gpu = sandbox.GpuDevice(**self.gpu) if self.gpu else None
+        env = sandbox.sandbox_env(limits, gpu, use_cuda=gpu is not None)
+        grader_read, grader_write = os.pipe()
+        student_read, student_write = os.pipe()
+        if self.sandbox:
+            student_inner = sandbox.bootstrap_command(self.python, "execute", [
+                "--input", sandbox.SANDBOX_INPUT, "--work", f"{sandbox.SANDBOX_TMP}/work", "--result-fd",
+                str(student_write), "--sandboxed"])
+            student_cmd = sandbox.sandbox_command(student_inner, input_dir=staging / "input", limits=limits, env=env,
+                                                  gpu=gpu)
+            at = student_cmd.index("--chdir")
+            student_cmd[at:at] = ["--bind", str(channel_host), SANDBOX_CHANNEL]
+            grader_inner = sandbox.bootstrap_command(self.python, "execute", [
+                "--grader", "--input", sandbox.SANDBOX_INPUT, "--listen-fd", str(listener.fileno()), "--result-fd",
+                str(grader_write), "--sandboxed"])
+            grader_cmd = sandbox.sandbox_command(grader_inner, input_dir=grader_input, limits=limits, env=env, gpu=gpu)
+            popen_env = None
+        else:
+            home = staging / "home"
+            for key in ("HOME", "MPLCONFIGDIR", "IPYTHONDIR", "JUPYTER_RUNTIME_DIR"):
+                env[key] = str(home / Path(env[key]).relative_to(f"{sandbox.SANDBOX_TMP}/home")) if key != "HOME" else str(home)
+            student_cmd = sandbox.bootstrap_command(self.python, "execute", [
+                "--input", str(staging / "input"), "--work", str(staging / "work"), "--result-fd", str(student_write)])
+            grader_cmd = sandbox.bootstrap_command(self.python, "execute", [
+                "--grader", "--input", str(grader_input), "--listen-fd", str(listener.fileno()), "--result-fd",
+                str(grader_write)])
+            popen_env = env
+        cgroups = [sandbox.PidsCgroup(limits.processes) if self.sandbox else None for _ in range(2)]
+        processes = []
+        with open(staging / "grader.log", "wb") as log:
+            processes.append(subprocess.Popen(
+                grader_cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=popen_env,
+                pass_fds=(grader_write, listener.fileno()), start_new_session=True,
+                preexec_fn=cgroups[0].enter if cgroups[0] and cgroups[0].path else None))
+        os.close(grader_write)
+        listener.close()
+        with open(staging / "executor.log", "wb") as log:
+            processes.append(subprocess.Popen(
+                student_cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=popen_env, pass_fds=(student_write,),
+                start_new_session=True, preexec_fn=cgroups[1].enter if cgroups[1] and cgroups[1].path else None))
+        os.close(student_write)
+        streams = {grader_read: "grader", student_read: "student"}
+        found: dict[str, dict] = {"grader": {}, "student": {}}
+        ends: dict[str, dict] = {}
+        problems: dict[str, str] = {}
+        buffers = {fd: b"" for fd in streams}
+        deadline = time.monotonic() + limits.notebook_timeout
+        max_line = 4 * limits.notebook_output_bytes + (1 << 20)
+        selector = selectors.DefaultSelector()
+        for fd in streams:
+            selector.register(fd, selectors.EVENT_READ)
+        open_fds = set(streams)
+        try:
+            while open_fds and not ("grader" in ends and "student" in ends):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    problems["grader"] = f"the notebook ran longer than {limits.notebook_timeout:g} s and was stopped"
+                    break
+                for key, _ in selector.select(timeout=min(remaining, 1.0)):
+                    fd, side = key.fd, streams[key.fd]
+                    chunk = os.read(fd, 1 << 20)
+                    if not chunk:
+                        selector.unregister(fd)
+                        open_fds.discard(fd)
+                        continue
+                    buffers[fd] += chunk
+                    while b"\n" in buffers[fd]:
+                        line, buffers[fd] = buffers[fd].split(b"\n", 1)
+                        kind, payload = _parse_record(line)
+                        if kind == "cell" and payload["index"] not in found[side]:
+                            found[side][payload["index"]] = payload
+                        elif kind == "start" and side == "grader":
+                            ends.setdefault("start", payload)
+                        elif kind == "end":
+                            ends[side] = payload
+                        elif kind == "crash":
+                            problems[side] = f"the {side} process failed: {str(payload.get('error', ''))[:500]}"
+                    if len(buffers[fd]) > max_line:
+                        problems[side] = f"the {side} process wrote an oversized record"
+                        selector.unregister(fd)
+                        open_fds.discard(fd)
+        finally:
+            selector.close()
+            for fd in streams:
+                os.close(fd)
+            for process in processes:
+                _kill_group(process)
+            for cgroup in cgroups:
+                if cgroup is not None:
+                    cgroup.__exit__(None, None, None)
+        graded = {e["index"] for e in plan if e["kind"] == "graded"}
+        records = {i: r for i, r in found["student"].items() if i not in graded}
+        for index in graded:
+            if index in found["grader"]:
+                record = dict(found["grader"][index])
+                served = found["student"].get(index, {})
+                notes = served.get("notes") if isinstance(served.get("notes"), list) else []
+                record["notes"] = list(record.get("notes", []))[:10] + notes[:10]
+                records[index] = record
+        end = None
+        if "grader" in ends:
+            student_end = ends.get("student", {})
+            end = {"seconds": float(student_end.get("seconds", 0.0) or 0.0) if isinstance(
+                       student_end.get("seconds"), (int, float)) else 0.0,
+                   "notes": list(student_end.get("notes", []))[:50] + list(ends["grader"].get("notes", []))[:20],
+                   "kernel_deaths": student_end.get("kernel_deaths", 0)}
+        problem = problems.get("grader", "")
+        if not problem and "grader" not in ends:
+            tail = (staging / "grader.log").read_bytes()[-2000:].decode("utf-8", "replace")
+            problem = f"the grader process stopped before the notebook finished: {tail.strip()[-500:]}"
+        if "student" in problems:
+            end = end or {}
+            end.setdefault("notes", []).append(problems["student"])
+        if "start" in ends:
+            self._cuda = int(ends["start"].get("cuda_devices", 0) or 0)
+        return records, end, problem
+
     # -- turning reports into outputs ----------------------------------------------------------
     def _apply(self, nb, plan, records, end, problem, limits, info) -> None:
         info["seconds"] = float((end or {}).get("seconds", 0.0))
@@ -430,8 +585,14 @@ class SandboxedExecute(Execute):
                     outputs.append(_error(ename or "Error", evalue, [_text(t, 10_000) for t in tb] if tb else None))
                 if status == "ok" and ename == "OutputLimitExceeded":
                     status = "error"
+                measured = [_text(x, 100) for x in record.get("measured", [])][:20] if isinstance(
+                    record.get("measured"), list) else []
                 if graded:
                     outputs = self._graded_outputs(outputs, status, tampered, restored)
+                    if measured:
+                        outputs.insert(0, nbformat.v4.new_output(
+                            "stream", name="stdout", text="[grader] measured in the student's process (the student's "
+                            "code could influence it): " + ", ".join(measured) + "\n"))
                 count = record.get("execution_count")
                 cell.execution_count = count if isinstance(count, int) else None
                 for note in record.get("notes", [])[:10] if isinstance(record.get("notes"), list) else []:
@@ -444,6 +605,8 @@ class SandboxedExecute(Execute):
                 info["cells"][entry["grade_id"]] = {
                     "status": status, "ename": ename, "evalue": evalue[:2000], "seconds": round(seconds, 3),
                     "restored": restored, "tampered": tampered}
+                if record is not None and measured:
+                    info["cells"][entry["grade_id"]]["measured_in_student"] = measured
             elif record is not None and status != "ok":
                 info["notes"].append(f"cell {entry.get('grade_id') or index} failed: {ename}: {evalue[:300]}")
 
@@ -468,6 +631,62 @@ class SandboxedExecute(Execute):
                 "stream", name="stdout",
                 text="[grader] restored before this test (the notebook had replaced them): " + ", ".join(restored) + "\n"))
         return outputs
+
+
+#: Where the grader's socket appears in the student's sandbox (two-process grading).
+SANDBOX_CHANNEL = "/grading/channel.sock"
+
+
+def _readable(folder: Path) -> None:
+    """Make ``folder`` readable by the sandbox's user (a different uid inside its user namespace)."""
+    os.chmod(folder, 0o755)
+    for root, dirs, filenames in os.walk(folder):
+        for d in dirs:
+            os.chmod(Path(root) / d, 0o755)
+        for f in filenames:
+            os.chmod(Path(root) / f, 0o644)
+
+
+def _names(source: str) -> tuple[set[str], set[str]]:
+    """Names a cell reads and names it binds, anywhere in it (an over-approximation; magics ignored)."""
+    lines = [line for line in source.splitlines() if not line.lstrip().startswith(("%", "!"))]
+    tree = ast.parse("\n".join(lines))
+    loaded, bound = set(), set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name):
+            (loaded if isinstance(node.ctx, ast.Load) else bound).add(node.id)
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            bound.add(node.name)
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            bound.update((a.asname or a.name.split(".")[0]) for a in node.names if a.name != "*")
+        elif isinstance(node, ast.arg):
+            bound.add(node.arg)
+        elif isinstance(node, ast.ExceptHandler) and node.name:
+            bound.add(node.name)
+    return loaded, bound
+
+
+def grader_cells(nb: NotebookNode, plan: list[dict]) -> list[dict]:
+    """The cells the grader process runs, in notebook order: every graded test cell, and the locked
+    cells that read only names of the grader's own cells (imports, helpers); a locked cell that uses
+    a name of the student's (training the student's model, say) runs in the student's process only."""
+    import builtins
+
+    owned = set(vars(builtins))
+    cells = []
+    for entry in plan:
+        source = nb.cells[entry["index"]].source
+        if entry["kind"] not in ("graded", "locked"):
+            continue
+        try:
+            loaded, bound = _names(source)
+        except SyntaxError:
+            loaded, bound = {"<syntax error>"}, set()
+        if entry["kind"] == "graded" or not (loaded - bound - owned):
+            cells.append({"index": entry["index"], "kind": entry["kind"], "source": source,
+                          "grade_id": entry.get("grade_id")})
+            owned |= bound
+    return cells
 
 
 def _parse_record(line: bytes) -> tuple[str, dict]:

@@ -135,6 +135,7 @@ class Endpoint:
     _ids: Any = field(default_factory=lambda: itertools.count(1))
     _requests: Any = field(default_factory=lambda: itertools.count(1))
     closed: bool = False
+    _received: list = field(default_factory=list)
 
     # -- handles ------------------------------------------------------------------------------
     def export(self, obj: Any) -> RefInfo:
@@ -162,10 +163,15 @@ class Endpoint:
         return self.make_proxy(self, ref)
 
     def encode(self, value: Any) -> bytes:
-        return encode(value, export=self.export, limits=self.limits)
+        # The grader's modules (a classifier a test built) travel as copies the student's code can inspect.
+        return encode(value, export=self.export, limits=self.limits, modules_by_value=self.side == "g")
 
     def decode(self, data: bytes) -> Any:
-        return decode(data, resolve=self.resolve, limits=self.limits)
+        return decode(data, resolve=self.resolve, limits=self.limits,
+                      modules=self._on_module if self.side == "s" else None)
+
+    def _on_module(self, mid: int | None, module: Any) -> None:
+        self._received.append((mid, module))
 
     # -- requests -----------------------------------------------------------------------------
     def request(self, op: str, **fields: Any) -> Any:
@@ -180,6 +186,8 @@ class Endpoint:
             if kind == "req":
                 self._answer(message)
             elif kind in ("ok", "err") and message.get("id") == rid:
+                if self.side == "g" and message.get("sync"):
+                    self._apply_sync(message["sync"])
                 if kind == "err":
                     error = message.get("e")
                     if not isinstance(error, BaseException):
@@ -212,19 +220,76 @@ class Endpoint:
         return message
 
     def _answer(self, message: dict) -> None:
+        received, self._received = self._received, []  # the grader's modules this request brought
+        reply: dict = {"k": "ok", "id": message.get("id")}
         try:
-            value = self._perform(message)
-            data = self.encode({"k": "ok", "id": message.get("id"), "v": value})
+            reply["v"] = self._perform(message)
+            data = self.encode({**reply, **self._sync(received)})
         except ChannelError:
             raise
         except BaseException as error:  # noqa: BLE001 - the other side gets it as its exception
             if isinstance(error, (KeyboardInterrupt, SystemExit)) and self.side == "g":
                 raise
+            reply = {"k": "err", "id": message.get("id")}
             try:
-                data = self.encode({"k": "err", "id": message.get("id"), "e": error})
+                data = self.encode({**reply, "e": error, **self._sync(received)})
             except CodecError as codec_error:
-                data = self.encode({"k": "err", "id": message.get("id"), "e": RuntimeError(str(codec_error))})
+                data = self.encode({**reply, "e": RuntimeError(str(codec_error))})
         self.channel.send(data)
+
+    @staticmethod
+    def _sync(received: list) -> dict:
+        """Student side: the new state of the grader's modules a request brought (their copies here)."""
+        states = []
+        for mid, module in received:
+            if mid is None:
+                continue
+            states.append([mid, {"p": {n: p.detach() for n, p in module.named_parameters()},
+                                 "b": {n: b for n, b in module.named_buffers()},
+                                 "t": {n: m.training for n, m in module.named_modules()}}])
+        return {"sync": states} if states else {}
+
+    def _apply_sync(self, states: Any) -> None:
+        """Grader side: what the student's code did to copies of the grader's modules (moved them to a
+        device, trained them, switched their mode) happens to the originals, as it would in one process."""
+        import torch
+
+        if not isinstance(states, list):
+            return
+        for entry in states[:1000]:
+            if not (isinstance(entry, list) and len(entry) == 2 and isinstance(entry[1], dict)):
+                continue
+            module = self.exports.get(entry[0])
+            if not isinstance(module, torch.nn.Module):
+                continue
+            state = entry[1]
+            for name, value in (state.get("p") or {}).items():
+                try:
+                    param = module.get_parameter(name)
+                except AttributeError:
+                    continue
+                if not isinstance(value, torch.Tensor):
+                    continue
+                try:
+                    param.data = value
+                except (TypeError, RuntimeError):  # another kind of tensor (cpu -> meta): as Module.to does it
+                    owner_name, _, attr = str(name).rpartition(".")
+                    owner = module.get_submodule(owner_name) if owner_name else module
+                    owner._parameters[attr] = torch.nn.Parameter(value, requires_grad=param.requires_grad)
+            for name, value in (state.get("b") or {}).items():
+                owner_name, _, attr = str(name).rpartition(".")
+                try:
+                    owner = module.get_submodule(owner_name) if owner_name else module
+                    if attr in owner._buffers and isinstance(value, torch.Tensor):
+                        owner._buffers[attr] = value
+                except (AttributeError, TypeError):
+                    continue
+            for name, flag in (state.get("t") or {}).items():
+                try:
+                    if isinstance(flag, bool):
+                        (module.get_submodule(name) if name else module).training = flag
+                except AttributeError:
+                    continue
 
     def _perform(self, message: dict) -> Any:
         op = message.get("op")

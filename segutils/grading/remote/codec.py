@@ -22,6 +22,11 @@ exc        an exception: the names of its classes (most derived first), its mess
            sender's traceback text; decoded as the first *built-in* exception class among them
 ref        a handle to an object that stays in the sender's process: ``side``, ``id``, its type's
            name and whether it is callable
+odict      an ``OrderedDict``, like dict
+module     (grader to student only) an ``nn.Module`` of a class of ``torch.nn`` or ``segutils``:
+           its class's import path and its ``__dict__`` (parameters, buffers, child modules,
+           hooks as callables of the grader); rebuilt like ``pickle`` would, but only for those
+           classes and only from data. Accepted only where the decoder is given ``modules``.
 ========== =================================================================================
 
 Nothing is unpickled or evaluated. :func:`decode` checks every limit of :class:`CodecLimits` before
@@ -30,6 +35,8 @@ allocating, and raises :class:`CodecError` (a ``ValueError`` naming the problem)
 from __future__ import annotations
 
 import builtins
+import collections
+import importlib
 import json
 import math
 import re
@@ -108,13 +115,18 @@ class RemoteTraceback(str):
 
 
 # -- encoding ----------------------------------------------------------------------------------
-def encode(value: Any, export: Exporter | None = None, limits: CodecLimits = DEFAULT_LIMITS) -> bytes:
+def encode(value: Any, export: Exporter | None = None, limits: CodecLimits = DEFAULT_LIMITS,
+           modules_by_value: bool = False) -> bytes:
     """``value`` as one message; objects that are not data become handles through ``export``.
+
+    With ``modules_by_value``, modules of ``torch.nn`` and ``segutils`` classes are sent as ``module``
+    nodes (a copy), each still exported so that the receiver can name it when it reports its new state.
 
     Raises:
         CodecError: a value is not data and there is no ``export``, or the message would break ``limits``.
     """
     encoder = _Encoder(export, limits)
+    encoder.modules_by_value = modules_by_value
     tree = encoder.node(value, 0)
     header = json.dumps(tree, separators=(",", ":"), allow_nan=True).encode("utf-8")
     if len(header) > limits.max_header_bytes:
@@ -135,6 +147,7 @@ class _Encoder:
         self.limits = limits
         self.buffers: list[bytes] = []
         self.nodes = 0
+        self.modules_by_value = False
 
     def buffer(self, data: bytes) -> int:
         self.buffers.append(data)
@@ -167,7 +180,8 @@ class _Encoder:
         if isinstance(value, tuple):
             return {"t": "tuple", "v": [self.node(v, depth + 1) for v in value]}
         if isinstance(value, dict):
-            return {"t": "dict", "v": [[self.node(k, depth + 1), self.node(v, depth + 1)] for k, v in value.items()]}
+            kind = "odict" if isinstance(value, collections.OrderedDict) else "dict"
+            return {"t": kind, "v": [[self.node(k, depth + 1), self.node(v, depth + 1)] for k, v in value.items()]}
         if isinstance(value, (set, frozenset)):
             kind = "frozenset" if isinstance(value, frozenset) else "set"
             return {"t": kind, "v": [self.node(v, depth + 1) for v in value]}
@@ -189,6 +203,11 @@ class _Encoder:
             return {"t": "device", "v": str(value)}
         if isinstance(value, BaseException):
             return self.exception(value)
+        if self.modules_by_value and isinstance(value, torch.nn.Module) and module_class(
+                type(value).__module__, type(value).__qualname__) is type(value):
+            mid = self.export(value).id if self.export is not None else None
+            return {"t": "module", "m": type(value).__module__, "n": type(value).__qualname__, "mid": mid,
+                    "state": self.node(dict(vars(value)), depth + 1)}
         if self.export is None:
             raise CodecError(f"a {type(value).__name__} is not data and cannot cross the grading channel")
         ref = self.export(value)
@@ -241,8 +260,10 @@ def _span(shape: list[int], strides: list[int]) -> int:
 
 
 # -- decoding ----------------------------------------------------------------------------------
-def decode(data: bytes, resolve: Resolver | None = None, limits: CodecLimits = DEFAULT_LIMITS) -> Any:
-    """The value of a message made by :func:`encode`; ``resolve`` turns ``ref`` nodes into objects.
+def decode(data: bytes, resolve: Resolver | None = None, limits: CodecLimits = DEFAULT_LIMITS,
+           modules: Callable[[int | None, torch.nn.Module], None] | None = None) -> Any:
+    """The value of a message made by :func:`encode`; ``resolve`` turns ``ref`` nodes into objects;
+    ``modules`` (if given) accepts ``module`` nodes and is told of each module rebuilt.
 
     Raises:
         CodecError: the message is malformed, breaks ``limits`` or holds anything but the kinds above.
@@ -280,7 +301,9 @@ def decode(data: bytes, resolve: Resolver | None = None, limits: CodecLimits = D
         raise CodecError("the message header is nested too deeply") from None
     except (UnicodeDecodeError, ValueError) as error:
         raise CodecError(f"the message header is not valid JSON ({str(error)[:200]})") from None
-    return _Decoder(buffers, resolve, limits).node(tree, 0)
+    decoder = _Decoder(buffers, resolve, limits)
+    decoder.modules = modules
+    return decoder.node(tree, 0)
 
 
 class _Decoder:
@@ -290,6 +313,7 @@ class _Decoder:
         self.resolve = resolve
         self.limits = limits
         self.nodes = 0
+        self.modules: Callable[[int | None, torch.nn.Module], None] | None = None
 
     def buffer(self, index: Any) -> memoryview:
         if not _is_int(index) or not 0 <= index < len(self.buffers):
@@ -324,11 +348,11 @@ class _Decoder:
         kind = node.get("t")
         if kind == "tuple":
             return tuple(self.items(node, depth))
-        if kind == "dict":
+        if kind in ("dict", "odict"):
             pairs = node.get("v")
             if not isinstance(pairs, list) or not all(isinstance(p, list) and len(p) == 2 for p in pairs):
                 raise CodecError("a dict node whose items are not [key, value] pairs")
-            out = {}
+            out = {} if kind == "dict" else collections.OrderedDict()
             for k, v in pairs:
                 key = self.node(k, depth + 1)
                 try:
@@ -377,6 +401,8 @@ class _Decoder:
             return _exception(node)
         if kind == "ref":
             return self.ref(node)
+        if kind == "module":
+            return self.module(node, depth)
         raise CodecError(f"unknown value kind {kind!r} in the message")
 
     def tensor(self, node: dict) -> torch.Tensor:
@@ -419,6 +445,26 @@ class _Decoder:
             return torch.nn.Parameter(tensor, requires_grad=requires_grad)
         return tensor.requires_grad_(requires_grad)
 
+    def module(self, node: dict, depth: int) -> torch.nn.Module:
+        if self.modules is None:
+            raise CodecError("a module where only data is accepted")
+        mid = node.get("mid")
+        if not (mid is None or _is_int(mid)):
+            raise CodecError("a malformed module node")
+        cls = module_class(node.get("m"), node.get("n"))
+        if cls is None:
+            raise CodecError(f"a module of class {node.get('m')!r}.{node.get('n')!r}, not one of torch.nn or segutils")
+        state = self.node(node.get("state"), depth + 1)
+        if not (isinstance(state, dict) and all(isinstance(k, str) for k in state)):
+            raise CodecError("a module node whose state is not a dict of names")
+        module = cls.__new__(cls)
+        try:
+            module.__setstate__(state)
+        except Exception as error:  # noqa: BLE001 - a state this class does not take
+            raise CodecError(f"a {cls.__name__} could not be rebuilt ({type(error).__name__}: {error})") from None
+        self.modules(mid, module)
+        return module
+
     def ref(self, node: dict) -> Any:
         if self.resolve is None:
             raise CodecError("a handle to a remote object where only data is accepted")
@@ -428,6 +474,23 @@ class _Decoder:
                 or not (arity is None or (_is_int(arity) and 0 <= arity <= 64)):
             raise CodecError("a malformed handle node")
         return self.resolve(RefInfo(side, ident, module, name, is_callable, arity))
+
+
+def module_class(module: Any, qualname: Any) -> type | None:
+    """The ``nn.Module`` subclass ``module.qualname`` if it is one of ``torch.nn`` or ``segutils`` (not
+    ``segutils.grading``) and importable; else ``None``."""
+    if not (isinstance(module, str) and isinstance(qualname, str)) or "<" in qualname:
+        return None
+    if not (module == "torch.nn" or module.startswith(("torch.nn.", "segutils."))) or module.startswith(
+            "segutils.grading"):
+        return None
+    try:
+        obj: Any = importlib.import_module(module)
+        for part in qualname.split("."):
+            obj = getattr(obj, part)
+    except (ImportError, AttributeError):
+        return None
+    return obj if isinstance(obj, type) and issubclass(obj, torch.nn.Module) else None
 
 
 def _to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:

@@ -5,7 +5,8 @@ calls into ``segutils`` happen in the process that runs the student's code; the 
 them. In the grader, :func:`install` makes the checks of :mod:`segutils.testing` proxy-aware:
 when the function under test is a proxy (:class:`~segutils.grading.remote.proxy.RemoteObject`), the
 whole check (``count_ops``, ``assert_vectorized``, ``forbid_ops``, ``assert_no_delegation``,
-``check_device_agnostic``, ``no_host_sync``) runs in the student's process (:class:`ProbeRunner`)
+``check_device_agnostic``, ``no_host_sync``, ``check_no_builtin``, ``check_devices_and_dtypes`` with its
+simulated CUDA, ``run_on_fake_cuda``) runs in the student's process (:class:`ProbeRunner`)
 and only its verdict and return value come back, as data. The context-manager forms
 (``with testing.no_host_sync():``, ``with testing.forbid_ops(ops):``) wrap every proxied call made
 inside the block the same way.
@@ -23,7 +24,7 @@ from typing import Any
 
 #: The checks that run in the student's process when their function is a proxy.
 CHECKS = ("count_ops", "assert_vectorized", "forbid_ops", "assert_no_delegation", "check_device_agnostic",
-          "no_host_sync")
+          "no_host_sync", "check_no_builtin", "check_devices_and_dtypes", "run_on_fake_cuda")
 #: Checks that also have a context-manager form.
 CONTEXT_CHECKS = ("no_host_sync", "forbid_ops")
 
@@ -95,7 +96,9 @@ def install() -> None:
     import segutils.testing as testing
 
     for name in CHECKS:
-        original = getattr(testing, name)
+        original = getattr(testing, name, None)
+        if original is None:
+            continue
         if not getattr(original, "__segutils_remote_aware__", False):
             setattr(testing, name, _wrap(name, original))
 

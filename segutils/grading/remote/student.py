@@ -24,14 +24,30 @@ def student_namespace(namespace: dict) -> dict:
             and not (k.startswith("_") and (k.lstrip("_").isdigit() or k in ("_", "__", "___") or k.startswith(("_i", "_o", "_dh", "_ih", "_oh"))))}
 
 
-def serve_session(sock: socket.socket, namespace: dict) -> None:
-    """Answer one test cell's requests on ``sock`` about ``namespace``; return when the grader is done."""
+_ENDPOINT: Endpoint | None = None
+
+
+def serve_session(sock: socket.socket, namespace: dict, hello: int | None = None) -> None:
+    """Answer one test cell's requests on ``sock`` about ``namespace``; return when the grader is done.
+
+    The objects sent to the grader stay valid across sessions (one export table per process), so a
+    test may keep a proxy from one cell to the next; ``hello`` first tells the grader which test
+    cell this session serves.
+    """
+    global _ENDPOINT
+    from segutils.grading.remote.codec import encode
     from segutils.grading.remote.probes import ProbeRunner
 
-    graphs = GraphStore()
-    probes = ProbeRunner()
-    endpoint = Endpoint(Channel(sock), "s", Policy.student(lambda: student_namespace(namespace)), student_side_proxy,
-                        handlers={**graphs.handlers(), **probes.handlers()})
+    channel = Channel(sock)
+    if hello is not None:
+        channel.send(encode({"k": "hello", "cell": int(hello)}))
+    if _ENDPOINT is None:
+        graphs, probes = GraphStore(), ProbeRunner()
+        _ENDPOINT = Endpoint(channel, "s", Policy.student(lambda: student_namespace(namespace)), student_side_proxy,
+                             handlers={**graphs.handlers(), **probes.handlers()})
+    endpoint = _ENDPOINT
+    endpoint.channel, endpoint.closed = channel, False
+    endpoint.policy = Policy.student(lambda: student_namespace(namespace))
     try:
         done = endpoint.serve(until=lambda message: message.get("op") == "resume")
         endpoint.reply(done)
@@ -39,17 +55,17 @@ def serve_session(sock: socket.socket, namespace: dict) -> None:
         endpoint.close()
 
 
-def serve(path: str, namespace: dict | None = None) -> None:
-    """Connect to the grader's socket at ``path`` and serve one session (called in the student's kernel)."""
+def serve(path: str, cell: int, namespace: dict | None = None) -> None:
+    """Connect to the grader's socket at ``path`` and serve test cell ``cell`` (called in the student's kernel)."""
     if namespace is None:
         from IPython import get_ipython
 
         namespace = get_ipython().user_ns
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.connect(path)
-    serve_session(sock, namespace)
+    serve_session(sock, namespace, hello=cell)
 
 
-def serve_command(path: str) -> str:
-    """The code the student's executor runs in the kernel where a test cell stands."""
-    return f"__import__('segutils.grading.remote.student', fromlist=['serve']).serve({path!r})"
+def serve_command(path: str, cell: int) -> str:
+    """The code the student's executor runs in the kernel where test cell ``cell`` stands."""
+    return f"__import__('segutils.grading.remote.student', fromlist=['serve']).serve({path!r}, {int(cell)})"
