@@ -1,4 +1,4 @@
-"""The ``segutils`` command line: ``info``, ``preview``, ``train``, ``grade``."""
+"""The ``segutils`` command line: ``info``, ``preview``, ``train``, ``weights``, ``segment``, ``grade``."""
 from __future__ import annotations
 
 import argparse
@@ -51,13 +51,44 @@ def _train(args: argparse.Namespace) -> int:
 
     from segutils.data import ShapesDataset
     from segutils.device import get_device
-    from segutils.models import build_model, count_parameters
+    from segutils.models import MODEL_NAMES, build_model, count_parameters
     from segutils.train import fit, save_checkpoint
 
     device = torch.device(args.device) if args.device else get_device()
-    model = build_model(args.model, in_channels=3, num_classes=ShapesDataset.num_classes)
-    train = ShapesDataset("train", size=args.train_size, image_size=args.image_size, seed=args.seed)
-    val = ShapesDataset("val", size=args.val_size, image_size=args.image_size, seed=args.seed)
+    if args.data == "voc":
+        from torch.utils.data import Subset
+
+        from segutils.cli_pretrained import voc_training_data
+        from segutils.data import VOC_CLASSES
+
+        if not args.voc_root:
+            print("segutils train: error: --data voc needs --voc-root PATH", file=sys.stderr)
+            return 2
+        try:
+            train, val = voc_training_data(args.voc_root, args.image_size)
+        except FileNotFoundError as error:
+            print(f"segutils train: error: {error}", file=sys.stderr)
+            return 1
+        train = Subset(train, range(min(args.train_size, len(train))))
+        val = Subset(val, range(min(args.val_size, len(val))))
+        num_classes = len(VOC_CLASSES)
+    else:
+        train = ShapesDataset("train", size=args.train_size, image_size=args.image_size, seed=args.seed)
+        val = ShapesDataset("val", size=args.val_size, image_size=args.image_size, seed=args.seed)
+        num_classes = ShapesDataset.num_classes
+    if args.model in MODEL_NAMES:
+        model = build_model(args.model, in_channels=3, num_classes=num_classes)
+    elif args.data != "voc":
+        print(f"segutils train: error: {args.model} is pretrained on the 21 VOC classes: use --data voc", file=sys.stderr)
+        return 2
+    else:  # fine-tune torchvision's pretrained network (weights from the torch hub cache)
+        from segutils.pretrained import LogitsOnly, WeightsNotFoundError, load_pretrained
+
+        try:
+            model = LogitsOnly(load_pretrained(args.model))
+        except (WeightsNotFoundError, ValueError) as error:
+            print(f"segutils train: error: {error}", file=sys.stderr)
+            return 1
     train_loader = DataLoader(train, batch_size=args.batch_size, shuffle=True, num_workers=args.workers)
     val_loader = DataLoader(val, batch_size=args.batch_size, num_workers=args.workers)
     print(f"training {args.model} ({count_parameters(model):,} parameters) on {device}")
@@ -73,9 +104,11 @@ def _train(args: argparse.Namespace) -> int:
 def _model_name(value: str) -> str:
     """``--model``: checked on use, so that building the parser does not import PyTorch (``segutils grade``)."""
     from segutils.models import MODEL_NAMES
+    from segutils.pretrained import PRETRAINED_NAMES
 
-    if value not in MODEL_NAMES:
-        raise argparse.ArgumentTypeError(f"invalid choice: {value!r} (choose from {', '.join(MODEL_NAMES)})")
+    if value not in MODEL_NAMES + PRETRAINED_NAMES:
+        names = ", ".join(MODEL_NAMES + PRETRAINED_NAMES)
+        raise argparse.ArgumentTypeError(f"invalid choice: {value!r} (choose from {names})")
     return value
 
 
@@ -92,14 +125,18 @@ def build_parser() -> argparse.ArgumentParser:
     preview.add_argument("--seed", type=int, default=0)
     preview.set_defaults(run=_preview)
 
-    train = commands.add_parser("train", help="train a model on ShapesDataset")
+    train = commands.add_parser("train", help="train a model on ShapesDataset, or on PASCAL VOC from disk")
     train.add_argument("--model", type=_model_name, default="unet", metavar="NAME",
-                       help="a name of segutils.models.MODEL_NAMES (default: unet)")
+                       help="a name of segutils.models.MODEL_NAMES (default: unet), or with --data voc a pretrained "
+                            "network to fine-tune (fcn_resnet50, deeplabv3_resnet50, lraspp_mobilenet_v3_large)")
+    train.add_argument("--data", choices=("shapes", "voc"), default="shapes",
+                       help="ShapesDataset (default) or PASCAL VOC 2012 (needs --voc-root; --image-size is the crop size)")
+    train.add_argument("--voc-root", default=None, metavar="PATH", help="the folder holding VOCdevkit/VOC2012")
     train.add_argument("--epochs", type=int, default=5)
     train.add_argument("--lr", type=float, default=3e-3)
     train.add_argument("--batch-size", type=int, default=16)
-    train.add_argument("--train-size", type=int, default=2000)
-    train.add_argument("--val-size", type=int, default=200)
+    train.add_argument("--train-size", type=int, default=2000, help="with --data voc: at most this many training images")
+    train.add_argument("--val-size", type=int, default=200, help="with --data voc: the first this many val images")
     train.add_argument("--image-size", type=int, default=64)
     train.add_argument("--workers", type=int, default=1, help="DataLoader worker processes")
     train.add_argument("--seed", type=int, default=0)
@@ -107,8 +144,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--checkpoint", default=None, help="where to save the trained model")
     train.set_defaults(run=_train)
 
+    from segutils.cli_pretrained import add_pretrained_parsers
     from segutils.audit.cli import add_audit_parser
     from segutils.grading.cli import add_grade_parser
+
+    add_pretrained_parsers(commands)
 
     add_grade_parser(commands)
     add_audit_parser(commands)
