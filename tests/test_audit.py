@@ -15,6 +15,7 @@ import pytest
 
 from segutils.audit import audit_assignment
 from segutils.audit.mutants import mutants_of_cell
+from segutils.audit.run import _spread
 from segutils.cli import main
 
 SOLUTION = """def clip(x, lo=0, hi=10):
@@ -59,7 +60,7 @@ def survivors(report) -> list[str]:
 
 def test_mutants_cover_every_operator_and_leave_the_reference_unchanged_elsewhere():
     source = SOLUTION.replace("    ### BEGIN SOLUTION\n", "").replace("    ### END SOLUTION\n", "")
-    mutants = mutants_of_cell(source + "\n\ndef width(lo, hi):\n    return -(lo - hi)\n", "clip")
+    mutants = mutants_of_cell(source + "\n\ndef width(lo, hi):\n    return -(lo - hi), (lo, hi)\n", "clip")
     kinds = {m.kind for m in mutants}
     assert kinds == {"constant", "swap", "compare", "sign", "drop", "default"}, kinds
     assert len({m.id for m in mutants}) == len(mutants)
@@ -68,8 +69,17 @@ def test_mutants_cover_every_operator_and_leave_the_reference_unchanged_elsewher
     for m in mutants:
         assert m.diff.count("\n-") >= 1 and m.diff.count("\n+") >= 1
     assert {m.function for m in mutants} == {"clip", "width"}
-    assert {"- -> +", "- removed"} <= descriptions
+    assert {"- -> +", "- removed", "elements 1 and 2 of (lo, hi) swapped"} <= descriptions
     assert len(mutants_of_cell(source, "clip", {"width"})) == 0
+
+
+def test_a_capped_audit_samples_every_function_and_the_seed_picks_the_sample():
+    source = SOLUTION + "\n\ndef width(lo, hi):\n    return hi - lo + 1\n"
+    mutants = mutants_of_cell(source, "clip")
+    first, second = _spread(list(mutants), 4, seed=0), _spread(list(mutants), 4, seed=1)
+    assert len(first) == 4 and {m.function for m in first} == {"clip", "width"}
+    assert {m.id for m in first} != {m.id for m in second}
+    assert _spread(list(mutants), None, seed=0) == mutants
 
 
 def test_the_audit_reports_the_mutants_a_weak_test_misses(tmp_path):

@@ -14,7 +14,7 @@ def _run(args: argparse.Namespace) -> int:
     try:
         report = audit_assignment(args.assignment, solutions=Path(args.solutions), fixtures=args.fixtures,
                                   equivalents=args.equivalents, functions=functions, max_mutants=args.max_mutants,
-                                  jobs=args.jobs, timeout=args.timeout)
+                                  jobs=args.jobs, timeout=args.timeout, seed=args.seed)
     except (FileNotFoundError, ValueError) as error:
         print(f"segutils audit: error: {error}", file=sys.stderr)
         return 2
@@ -42,6 +42,8 @@ def add_audit_parser(commands: argparse._SubParsersAction) -> None:
     audit.add_argument("--functions", default=None, help="comma-separated graded functions to mutate (default: all)")
     audit.add_argument("--max-mutants", type=int, default=None, help="run at most this many, spread over the functions")
     audit.add_argument("--jobs", type=int, default=max(1, (os.cpu_count() or 2) - 1), help="worker processes")
-    audit.add_argument("--timeout", type=float, default=120.0, help="seconds one run of the notebook may take")
+    audit.add_argument("--seed", type=int, default=0, help="which sample --max-mutants takes (default: 0)")
+    audit.add_argument("--timeout", type=float, default=300.0,
+                       help="seconds one run of the whole notebook may take (default: 300)")
     audit.add_argument("--json", default=None, help="also write the report as JSON to this file")
     audit.set_defaults(run=_run)

@@ -4,7 +4,8 @@ Operators (``kind``):
 
 - ``constant``: an integer constant ``+1`` and ``-1`` (``True``/``False`` flipped);
 - ``swap``: two neighbouring positional arguments of a call swapped (``transpose(2, 3)`` ->
-  ``transpose(3, 2)``, ``max(a, b)`` -> ``max(b, a)``), and two neighbouring subscript indices;
+  ``transpose(3, 2)``, ``max(a, b)`` -> ``max(b, a)``), two neighbouring subscript indices, and two
+  neighbouring elements of a tuple (``sum(dim=(0, 1))``, ``kernel_size=(kh, kw)``);
 - ``compare``: a comparison flipped (``<`` <-> ``<=``, ``>`` <-> ``>=``, ``==`` <-> ``!=``,
   ``is`` <-> ``is not``, ``in`` <-> ``not in``);
 - ``sign``: ``+`` <-> ``-`` in a binary operation, a unary minus removed, ``not`` removed;
@@ -55,6 +56,7 @@ def _sites(root: ast.AST, nodes: list[ast.AST]) -> Iterator[_Site]:
     """Every mutation of ``root`` (a function or class), as sites indexing ``nodes`` (``ast.walk`` of the cell)."""
     index = {id(n): i for i, n in enumerate(nodes)}
     inside = {id(n) for n in ast.walk(root)}
+    subscripts = {id(n.slice) for n in ast.walk(root) if isinstance(n, ast.Subscript)}  # swapped as indices
     for node in ast.walk(root):
         i = index[id(node)]
         if isinstance(node, ast.Constant) and type(node.value) is bool:
@@ -69,6 +71,10 @@ def _sites(root: ast.AST, nodes: list[ast.AST]) -> Iterator[_Site]:
         elif isinstance(node, ast.Subscript) and isinstance(node.slice, ast.Tuple):
             for k in range(len(node.slice.elts) - 1):
                 yield i, "swap-index", k
+        elif isinstance(node, ast.Tuple) and isinstance(node.ctx, ast.Load) and id(node) not in subscripts:
+            for k in range(len(node.elts) - 1):
+                if not any(isinstance(e, ast.Starred) for e in node.elts[k:k + 2]):
+                    yield i, "swap-tuple", k
         elif isinstance(node, ast.Compare):
             for k, op in enumerate(node.ops):
                 if type(op) in _COMPARE_FLIPS:
@@ -122,6 +128,11 @@ def _apply(node: ast.AST, kind: str, variant: object) -> str:
         elts = node.slice.elts
         elts[k], elts[k + 1] = elts[k + 1], elts[k]
         return f"indices {k + 1} and {k + 2} of {ast.unparse(node.value)}[...] swapped"
+    if kind == "swap-tuple":
+        k = variant
+        before = ast.unparse(node)
+        node.elts[k], node.elts[k + 1] = node.elts[k + 1], node.elts[k]
+        return f"elements {k + 1} and {k + 2} of {before} swapped"
     if kind == "compare":
         old = node.ops[variant]
         node.ops[variant] = _COMPARE_FLIPS[type(old)]()

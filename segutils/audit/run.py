@@ -84,7 +84,7 @@ class AuditReport:
         return "\n".join(lines)
 
 
-def _spread(mutants: list[Mutant], cap: int | None, seed: int = 0) -> list[Mutant]:
+def _spread(mutants: list[Mutant], cap: int | None, seed: int) -> list[Mutant]:
     """At most ``cap`` mutants, taken round-robin over the functions (each list shuffled with ``seed``)."""
     if cap is None or cap >= len(mutants):
         return mutants
@@ -111,7 +111,8 @@ def audit_assignment(
     functions: Iterable[str] | None = None,
     max_mutants: int | None = None,
     jobs: int = 2,
-    timeout: float = 120.0,
+    timeout: float = 300.0,
+    seed: int = 0,
 ) -> AuditReport:
     """Run the mutants of ``assignment``'s graded functions and its fixtures through its test cells.
 
@@ -123,6 +124,7 @@ def audit_assignment(
         equivalents: the list of equivalent mutants (default: ``solutions/<id>/audit_equivalent.toml``).
         functions: only mutate these graded functions (default: all).
         max_mutants: run at most this many mutants, spread over the functions.
+        seed: which sample ``max_mutants`` takes (another seed, another sample).
         jobs: worker processes.
         timeout: seconds one run (the whole notebook) may take.
 
@@ -148,7 +150,7 @@ def audit_assignment(
     by_grade_id = {c.grade_id: c for c in cells if c.kind == "solution"}
     all_mutants = [m for c in cells if c.kind == "solution"
                    for m in mutants_of_cell(c.source, c.grade_id or "", wanted)]
-    chosen = _spread(all_mutants, max_mutants)
+    chosen = _spread(all_mutants, max_mutants, seed)
     if wanted:
         fixture_list = [f for f in fixture_list if set(graded_functions(
             [Cell(0, "solution", f.replaces, f.source)])) & wanted]
