@@ -486,8 +486,15 @@ class SandboxedExecute(Execute):
         for fd in streams:
             selector.register(fd, selectors.EVENT_READ)
         open_fds = set(streams)
+        student_gone: float | None = None
         try:
             while open_fds and not ("grader" in ends and "student" in ends):
+                if student_gone is None and ("student" in ends or student_read not in open_fds):
+                    student_gone = time.monotonic()
+                if student_gone is not None and time.monotonic() - student_gone > 10 and "grader" not in ends:
+                    # Nobody will serve the grader's remaining tests: they are not run.
+                    problems["grader"] = "the student's process stopped before these tests"
+                    break
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     problems["grader"] = f"the notebook ran longer than {limits.notebook_timeout:g} s and was stopped"
@@ -541,6 +548,9 @@ class SandboxedExecute(Execute):
                    "notes": list(student_end.get("notes", []))[:50] + list(ends["grader"].get("notes", []))[:20],
                    "kernel_deaths": student_end.get("kernel_deaths", 0)}
         problem = problems.get("grader", "")
+        if problem and "grader" not in ends:
+            end = {"seconds": 0.0, "notes": list(ends.get("student", {}).get("notes", []))[:50],
+                   "kernel_deaths": ends.get("student", {}).get("kernel_deaths", 0)}
         if not problem and "grader" not in ends:
             tail = (staging / "grader.log").read_bytes()[-2000:].decode("utf-8", "replace")
             problem = f"the grader process stopped before the notebook finished: {tail.strip()[-500:]}"
@@ -634,7 +644,7 @@ class SandboxedExecute(Execute):
 
 
 #: Where the grader's socket appears in the student's sandbox (two-process grading).
-SANDBOX_CHANNEL = "/grading/channel.sock"
+SANDBOX_CHANNEL = f"{sandbox.SANDBOX_TMP}/grading-channel.sock"
 
 
 def _readable(folder: Path) -> None:
@@ -720,6 +730,28 @@ class RedactHiddenTests(NbGraderPreprocessor):
     enabled = Bool(False, help="redact hidden tests in feedback").tag(config=True)
     begin = Unicode("BEGIN HIDDEN TESTS", help="start marker of a hidden-test region").tag(config=True)
     end = Unicode("END HIDDEN TESTS", help="end marker of a hidden-test region").tag(config=True)
+
+    def preprocess(self, nb: NotebookNode, resources: dict) -> tuple[NotebookNode, dict]:
+        """Redact every test cell; in two-process grading also the outputs of the student's cells after the
+        first hidden test: code the tests called may have recorded the hidden tests' inputs and printed them."""
+        if not self.enabled:
+            return nb, resources
+        try:
+            two_process = bool(details(resources).get("two_process"))
+        except (KeyError, TypeError):
+            two_process = False
+        after_hidden = False
+        for index, cell in enumerate(nb.cells):
+            if cell.cell_type != "code":
+                continue
+            graded = utils.is_grade(cell) and not utils.is_solution(cell)
+            if graded:
+                after_hidden = after_hidden or self.begin in cell.source
+                self.preprocess_cell(cell, resources, index)
+            elif two_process and after_hidden and cell.get("outputs"):
+                cell.outputs = [nbformat.v4.new_output(
+                    "stream", name="stdout", text="[output not shown in feedback: this cell ran after hidden tests]\n")]
+        return nb, resources
 
     def preprocess_cell(self, cell: NotebookNode, resources: dict, cell_index: int) -> tuple[NotebookNode, dict]:
         if cell.cell_type != "code" or not utils.is_grade(cell) or self.begin not in cell.source:

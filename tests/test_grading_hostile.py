@@ -1,0 +1,136 @@
+"""Two-process grading against hostile submissions (issue #11): no attack scores, nothing hidden leaks.
+
+The mini course is graded with ``SandboxedExecute.two_process = True`` (tests in a grader process
+of their own, the student's code in the student's kernel) and ``--redact-hidden``. Every attack of
+``tests/fixtures/grading_hostile/attacks.py`` answers both functions wrongly: the same notebook
+without the attack scores 0 of 4, so the attack must too, and no file the student receives
+(the feedback) may hold any text of the hidden tests' source or the inputs they passed. Positive
+controls in the same batch: the reference solution scores 4 of 4 and the wrong answers alone 0.
+"""
+from __future__ import annotations
+
+import html
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+
+pytest.importorskip("nbgrader")
+from nbgrader.api import Gradebook  # noqa: E402
+
+from segutils.grading import sandbox  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests" / "fixtures" / "grading"))
+sys.path.insert(0, str(REPO / "tests" / "fixtures" / "grading_hostile"))
+import attacks  # noqa: E402
+import cases  # noqa: E402
+
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("grading")]
+
+
+def _sandbox_args() -> list[str]:
+    try:
+        sandbox.check_sandbox()
+    except sandbox.SandboxUnavailable:
+        return ["--no-sandbox"]
+    return []
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in [str(REPO), env.get("PYTHONPATH", "")] if p)
+    return env
+
+
+def _submission(release: nbformat.NotebookNode, name: str | None) -> nbformat.NotebookNode:
+    nb = nbformat.from_dict(nbformat.reads(nbformat.writes(release), as_version=4))
+    for cell in nb.cells:
+        gid = cell.metadata.get("nbgrader", {}).get("grade_id")
+        if not cell.metadata.get("nbgrader", {}).get("solution"):
+            continue
+        if name == "reference":
+            cell.source = cases.CORRECT[gid]
+        elif name == "honest_wrong":
+            cell.source = cases.WRONG[gid]
+        else:
+            cell.source = attacks.solution_source(name, gid)
+    if name not in ("reference", "honest_wrong"):
+        nb.cells.append(nbformat.v4.new_code_cell(attacks.final_cell(name)))
+    return nb
+
+
+@pytest.fixture(scope="module")
+def graded(tmp_path_factory):
+    root = tmp_path_factory.mktemp("hostile")
+    course = root / "course"
+    shutil.copytree(cases.MINI_COURSE, course)
+    with open(course / "nbgrader_config.py", "a") as config:
+        config.write("\nc.SandboxedExecute.two_process = True\n")
+    subprocess.run([str(Path(sys.executable).parent / "nbgrader"), "generate_assignment", cases.ASSIGNMENT,
+                    "--log-level=WARN"], cwd=course, env=_env(), check=True, capture_output=True, timeout=600)
+    release = cases.read_release(course)
+    export = root / "export"
+    export.mkdir()
+    students = ["reference", "honest_wrong", *attacks.ATTACKS]
+    for name in students:
+        nbformat.write(_submission(release, name), export / f"{name}.ipynb")
+    run = subprocess.run([sys.executable, "-m", "segutils", "grade", cases.ASSIGNMENT, "--course-dir", str(course),
+                          "--submissions", str(export), "--workers", "2", "--timeout", "30", "--no-progress",
+                          "--redact-hidden", *_sandbox_args()], capture_output=True, text=True, env=_env(),
+                         timeout=1500, cwd=course)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    scores = {}
+    with Gradebook(f"sqlite:///{course / 'gradebook.db'}") as gb:
+        for name in students:
+            submission = gb.find_submission_notebook(cases.ASSIGNMENT, cases.ASSIGNMENT, name)
+            scores[name] = {g.name: float(g.score) for g in submission.grades}
+    return course, scores
+
+
+def test_positive_controls(graded):
+    _, scores = graded
+    assert scores["reference"] == cases.FULL
+    assert scores["honest_wrong"] == cases.ZERO
+
+
+@pytest.mark.parametrize("attack", sorted(attacks.ATTACKS))
+def test_no_attack_scores_more_than_the_same_notebook_without_it(graded, attack):
+    _, scores = graded
+    assert scores[attack] == cases.ZERO, f"{attack} scored {scores[attack]}"
+
+
+@pytest.mark.parametrize("student", ["reference", "honest_wrong", *sorted(attacks.ATTACKS)])
+def test_no_hidden_test_text_reaches_the_feedback(graded, student):
+    course, _ = graded
+    files = list((course / "feedback" / student).rglob("*"))
+    assert any(f.suffix == ".html" for f in files), f"no feedback for {student}"
+    for path in files:
+        if not path.is_file():
+            continue
+        text = html.unescape(path.read_text(errors="replace"))
+        for hidden in attacks.HIDDEN_SOURCE:
+            assert hidden not in text, f"{path.name} of {student} shows hidden-test source {hidden!r}"
+        assert "LEAK:" not in text, f"{path.name} of {student} shows something an attack found"
+        assert attacks.RECORDED_MARKER not in text or student != "records_hidden_inputs"
+        assert "square(-2)" not in text.replace("square(-2) should be 4", "")
+
+
+def test_the_student_process_never_held_a_hidden_test(graded):
+    # The attacks that read files, frames, linecache and history print what they find as "LEAK:"; the
+    # autograded notebook (instructors only) keeps the student's outputs: none of them found anything.
+    course, _ = graded
+    for student in attacks.ATTACKS:
+        autograded = course / "autograded" / student / cases.ASSIGNMENT / f"{cases.ASSIGNMENT}.ipynb"
+        nb = nbformat.read(autograded, as_version=4)
+        for cell in nb.cells:
+            if cell.cell_type != "code" or cell.metadata.get("nbgrader", {}).get("grade"):
+                continue
+            for output in cell.get("outputs", []):
+                text = str(output.get("text", "")) + str(output.get("data", ""))
+                assert "LEAK:" not in text, f"{student}: {text[:500]}"
