@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import json
+from html import escape as html_escape
 import stat
 import sys
 import zipfile
@@ -62,7 +63,7 @@ def test_flat_folder_is_imported_into_nbgraders_layout(tmp_path):
     assert read("alice", "mini", "timestamp.txt") == b"2024-03-01 12:30:00.000000 UTC"
     assert read("bob", "mini", "mini.ipynb") == b"bob's"  # renamed, common folder stripped
     assert read("bob", "mini", "data.csv") == b"1,2"
-    assert read("bob", "mini", "timestamp.txt").startswith(b"2024-03-02")
+    assert not (submitted / "bob" / "mini" / "timestamp.txt").exists()  # the student's own file: ignored
     carol = sorted(p.relative_to(submitted / "carol" / "mini").as_posix()
                    for p in (submitted / "carol" / "mini").rglob("*"))
     assert carol == ["mini.ipynb"]
@@ -96,6 +97,62 @@ def test_a_bad_timestamp_is_dropped_with_a_note(tmp_path):
     assert any("timestamp" in n for n in got.notes["frank"])
 
 
+def test_a_timestamp_inside_a_zip_never_replaces_the_collections(tmp_path):
+    # Fault 1 of #10: a late student backdated their submission with a timestamp.txt in their zip.
+    source, submitted = tmp_path / "in", tmp_path / "submitted"
+    source.mkdir()
+    backdated = b"2020-01-01 00:00:00 UTC"
+    (source / "gina.zip").write_bytes(_zip({"gina/mini.ipynb": b"nb", "gina/timestamp.txt": backdated}))
+    (source / "gina.timestamp.txt").write_bytes(b"2024-03-05 09:00:00 UTC")
+    (source / "hugo.zip").write_bytes(_zip({"mini.ipynb": b"nb", "timestamp.txt": backdated}))  # no collection time
+    got = importer.import_submissions(source, submitted, "mini", ["mini.ipynb"])
+    assert (submitted / "gina" / "mini" / "timestamp.txt").read_bytes() == b"2024-03-05 09:00:00 UTC"
+    assert not (submitted / "hugo" / "mini" / "timestamp.txt").exists()
+    for student in ("gina", "hugo"):
+        assert any("timestamp.txt inside the zip was ignored" in n for n in got.notes[student]), got.notes
+
+
+def test_an_archive_that_cannot_be_stored_rejects_only_that_student(tmp_path):
+    # Fault 3 of #10: a file/folder clash or an over-long name stopped the whole import with a traceback.
+    source, submitted = tmp_path / "in", tmp_path / "submitted"
+    source.mkdir()
+    (source / "clash.zip").write_bytes(_zip({"mini.ipynb": b"nb", "data": b"a file", "data/inner.csv": b"in a folder"}))
+    (source / "clash_reversed.zip").write_bytes(_zip({"mini.ipynb/x": b"folder first", "mini.ipynb": b"nb"}))
+    (source / "longname.zip").write_bytes(_zip({"mini.ipynb": b"nb", "x" * 300 + ".txt": b"too long"}))
+    (source / "longpath.zip").write_bytes(_zip({"mini.ipynb": b"nb", "/".join(["d" * 200] * 8) + "/f": b"deep"}))
+    (source / "zoe.ipynb").write_bytes(b"zoe's notebook")
+    got = importer.import_submissions(source, submitted, "mini", ["mini.ipynb"])
+    assert got.students == ["clash", "clash_reversed", "longname", "longpath", "zoe"]
+    assert sorted(got.rejected) == ["clash", "clash_reversed", "longname", "longpath"]
+    assert "'data' is both a file and a folder" in got.rejected["clash"]
+    assert "'mini.ipynb' is both a file and a folder" in got.rejected["clash_reversed"]
+    assert "longer than" in got.rejected["longname"] and "longer than" in got.rejected["longpath"]
+    assert (submitted / "zoe" / "mini" / "mini.ipynb").read_bytes() == b"zoe's notebook"
+    for student in got.rejected:
+        assert list((submitted / student / "mini").iterdir()) == []
+    assert [p.name for p in submitted.iterdir() if p.name.startswith(".")] == []  # no staging folder left
+
+
+def test_a_submission_the_file_system_refuses_rejects_only_that_student(tmp_path, monkeypatch):
+    # Whatever else the file system refuses (here: every write of one student's file) rejects that student only.
+    source, submitted = tmp_path / "in", tmp_path / "submitted"
+    source.mkdir()
+    (source / "ann.ipynb").write_bytes(b"ann")
+    (source / "bea.ipynb").write_bytes(b"bea")
+    write_bytes = Path.write_bytes
+
+    def refuse_bea(path, data):
+        if data == b"bea":
+            raise OSError(28, "No space left on device")
+        return write_bytes(path, data)
+
+    monkeypatch.setattr(Path, "write_bytes", refuse_bea)
+    got = importer.import_submissions(source, submitted, "mini", ["mini.ipynb"])
+    assert got.students == ["ann", "bea"] and list(got.rejected) == ["bea"]
+    assert "No space left on device" in got.rejected["bea"]
+    assert [p.name for p in submitted.iterdir() if p.name.startswith(".")] == []
+
+
 @pytest.mark.parametrize("name", ["../x", "/etc/passwd", "a/../../b", "", "C:/x"])
 def test_unsafe_relative_paths_are_refused(name):
     with pytest.raises(ValueError):
@@ -125,6 +182,68 @@ def test_another_assignments_notebook_and_a_foreign_kernel(tmp_path):
     assert why is None and any("'ir'" in n for n in notes)
     why, _ = check_submission(tmp_path, "missing.ipynb", RELEASE_JSON.encode(), "mini")
     assert "no notebook named missing.ipynb" in why
+
+
+def test_a_deeply_nested_notebook_is_rejected_with_its_depth(tmp_path):
+    # Fault 7 of #10: json.loads raised RecursionError: the job failed and was retried on every run.
+    nb = json.loads(RELEASE_JSON)
+    nb["cells"][0]["metadata"]["deep"] = "@"
+    text = json.dumps(nb).replace('"@"', "[" * 100_000 + "]" * 100_000)
+    (tmp_path / "mini.ipynb").write_text(text)
+    why, _ = check_submission(tmp_path, "mini.ipynb", RELEASE_JSON.encode(), "mini")
+    assert why is not None and "nests its JSON 100004 levels deep, more than the 100" in why, why
+    why, _ = check_submission(tmp_path, "mini.ipynb", RELEASE_JSON.encode(), "mini", max_depth=200_000)
+    assert why is not None and "not valid JSON" in why  # past the cap: still a reason, never an exception
+
+
+def test_a_notebook_of_fifty_thousand_cells_is_rejected_quickly(tmp_path):
+    import time
+
+    nb = nbformat.reads(RELEASE_JSON, as_version=4)
+    nb.cells += [nbformat.v4.new_code_cell("x = 1") for _ in range(50_000)]
+    nbformat.write(nb, tmp_path / "mini.ipynb")
+    started = time.monotonic()
+    why, _ = check_submission(tmp_path, "mini.ipynb", RELEASE_JSON.encode(), "mini")
+    assert why is not None and "50001 cells, more than the 2000" in why, why
+    assert time.monotonic() - started < 10  # nbformat's validation alone takes longer than the whole check
+    small = nbformat.reads(RELEASE_JSON, as_version=4)
+    small.cells += [nbformat.v4.new_code_cell("x = 1") for _ in range(30)]
+    nbformat.write(small, tmp_path / "mini.ipynb")
+    assert check_submission(tmp_path, "mini.ipynb", RELEASE_JSON.encode(), "mini")[0] is None  # positive control
+    why, _ = check_submission(tmp_path, "mini.ipynb", RELEASE_JSON.encode(), "mini", max_cells=10)
+    assert "31 cells, more than the 10" in why
+
+
+@pytest.mark.parametrize("text, depth", [(b"[]", 1), (b'{"a": "[[{{", "b": [[1], {"c": []}]}', 4), (b'"[["', 0),
+                                         (rb'["\\", [["x\\\"["]]]', 3)])
+def test_json_depth_counts_brackets_outside_strings(text, depth):
+    from segutils.grading.runner import json_depth
+
+    assert json_depth(text) == depth
+
+
+def test_log_messages_are_formatted_while_the_gradebook_session_is_open(tmp_path, monkeypatch):
+    # Fault 2 of #10: nbgrader logs "%s is %s seconds late" with the gradebook row as an argument; formatted
+    # after the session closed, the row's repr raised DetachedInstanceError and every late submission failed.
+    import datetime
+    import logging
+
+    from nbgrader.api import Gradebook
+    from traitlets.log import get_logger
+
+    from segutils.grading.runner import _captured_logs
+
+    due = datetime.datetime(2024, 3, 1, 12, 0)
+    db_url = f"sqlite:///{tmp_path / 'gradebook.db'}"
+    with Gradebook(db_url) as gb:  # as nbgrader does: rows made in one session, the submission in another
+        gb.update_or_create_assignment("mini", duedate=due)
+        gb.update_or_create_student("alice")
+    monkeypatch.setattr(get_logger(), "propagate", False)  # pytest's own handler would format it in time
+    with _captured_logs() as logs:
+        with Gradebook(db_url) as gb:
+            submission = gb.update_or_create_submission("mini", "alice", timestamp=due + datetime.timedelta(hours=1))
+            get_logger().warning("%s is %s seconds late", submission, submission.total_seconds_late)
+    assert logs.messages(logging.WARNING) == ["SubmittedAssignment<mini for alice> is 3600.0 seconds late"]
 
 
 # -- preprocessors --------------------------------------------------------------------------------------
@@ -160,6 +279,56 @@ def test_untrusted_outputs_are_sanitized():
     assert clean_output("not a dict", 10) is None
 
 
+# Fault 5 of #10: what a student can put in a notebook to run script in the feedback reader's browser.
+XSS_MARKDOWN = ("# Answer\n\n**bold** <b>kept</b> <script>window.pwned = 'markdown script'</script>\n\n"
+                "<img src=\"x\" onerror=\"window.pwned = 'markdown onerror'\"> [link](javascript:alert(1))\n")
+XSS_HTML = "<b>kept html</b><script>window.pwned = 'output script'</script><img src=x onerror=\"window.pwned=1\">"
+
+
+def xss_outputs() -> list:
+    return [
+        nbformat.v4.new_output("display_data", data={"text/html": XSS_HTML, "text/plain": "x"}),
+        nbformat.v4.new_output("display_data", data={"application/javascript": "window.pwned = 'js output'"}),
+        nbformat.v4.new_output("execute_result", execution_count=1,
+                               data={"text/markdown": "<img src=y onerror=\"window.pwned=2\"> *md output*"}),
+        nbformat.v4.new_output("display_data", data={"image/png": "iVBORw0KGgo="},
+                               metadata={"image/png": {"width": "1 onerror=window.pwned=3", "height": 20}}),
+    ]
+
+
+def test_feedback_pages_run_no_student_script_and_keep_the_formatting():
+    from nbconvert import HTMLExporter
+    from traitlets.config import Config
+
+    import nbgrader
+
+    from segutils.grading.sanitize import SanitizeFeedback, configure_feedback
+
+    templates = Path(nbgrader.__file__).parent / "server_extensions" / "formgrader"
+
+    def page(with_payloads: bool) -> str:
+        nb = nbformat.v4.new_notebook(cells=[
+            nbformat.v4.new_markdown_cell(XSS_MARKDOWN if with_payloads else "# Answer\n\n**bold** <b>kept</b>"),
+            nbformat.v4.new_code_cell("show()", outputs=xss_outputs() if with_payloads else [])])
+        cfg = Config()
+        configure_feedback(cfg)
+        # nbgrader's feedback template, set up as GenerateFeedback does (it renders Markdown cells itself)
+        cfg.HTMLExporter.template_name = "feedback"
+        cfg.HTMLExporter.extra_template_basedirs = [str(templates / "templates")]
+        cfg.HTMLExporter.extra_template_paths = [str(templates / "static" / "node_modules" / "bootstrap" / "dist" / "css")]
+        exporter = cfg.GenerateFeedback.exporter_class(config=cfg)
+        assert isinstance(exporter, HTMLExporter)
+        exporter.register_preprocessor(SanitizeFeedback(config=cfg), enabled=True)
+        resources = {"nbgrader": {"notebook": "mini", "score": 1.0, "max_score": 1.0, "late_penalty": 0}}
+        return exporter.from_notebook_node(nb, resources=resources)[0]
+
+    hostile, baseline = page(True), page(False)
+    cases.assert_no_student_script(hostile, baseline)
+    for kept in ("<strong>bold</strong>", "<b>kept</b>", "<b>kept html</b>", "<em>md output</em>", ">Answer"):
+        assert kept in hostile, kept  # the student's formatting is still shown
+    assert 'height="20"' in hostile or "height=20" in hostile
+
+
 # -- sandbox ------------------------------------------------------------------------------------------------
 def test_limits_are_validated():
     with pytest.raises(ValueError, match="memory_bytes"):
@@ -192,11 +361,46 @@ def test_a_checkout_under_tmp_stays_visible_above_the_sandbox_tmpfs(tmp_path, mo
     monkeypatch.setattr(sandbox, "readonly_roots", lambda: roots)
     cmd = sandbox.sandbox_command(["python", "-c", "pass"], input_dir=tmp_path, limits=sandbox.Limits(),
                                   env={}, bwrap="/usr/bin/bwrap")
-    tmpfs = cmd.index("--tmpfs")
-    assert cmd[tmpfs + 1] == sandbox.SANDBOX_TMP
+    tmpfs = next(i for i, arg in enumerate(cmd) if arg == "--tmpfs" and cmd[i + 1] == sandbox.SANDBOX_TMP)
     for root in roots:
         mounts = [i for i, arg in enumerate(cmd[:-1]) if arg == "--ro-bind" and cmd[i + 1] == str(root)]
         assert mounts and all(i > tmpfs for i in mounts), f"{root} is hidden by the tmpfs on {sandbox.SANDBOX_TMP}"
+
+
+
+
+def test_the_sandbox_caps_every_writable_file_system():
+    # The sandbox command itself: bubblewrap's / and /dev read-only, /tmp and /dev/shm sized from the limits.
+    limits = sandbox.Limits(tmp_bytes=8 << 20, shm_bytes=4 << 20)
+    cmd = sandbox.sandbox_command(["true"], input_dir=FIXTURES, limits=limits, env={}, bwrap="/usr/bin/bwrap")
+    sized = {cmd[i + 3]: int(cmd[i + 1]) for i, arg in enumerate(cmd) if arg == "--size"}
+    assert sized == {"/dev/shm": 4 << 20, sandbox.SANDBOX_TMP: 8 << 20}
+    assert [cmd[i + 1] for i, arg in enumerate(cmd) if arg == "--remount-ro"] == ["/dev", "/"]
+    assert cmd.index("--remount-ro") > max(i for i, arg in enumerate(cmd) if arg in ("--tmpfs", "--ro-bind", "--dev"))
+
+
+@pytest.mark.skipif(sandbox.find_bwrap() is None, reason="bubblewrap (bwrap) is not installed")
+def test_a_sandboxed_process_cannot_write_past_the_limits_anywhere(tmp_path):
+    # Fault 6 of #10: /, /dev and /dev/shm were writable tmpfs of half the host's memory each.
+    import subprocess
+
+    try:
+        sandbox.check_sandbox()
+    except sandbox.SandboxUnavailable as error:
+        pytest.skip(str(error))
+    limits = sandbox.Limits(tmp_bytes=8 << 20, shm_bytes=4 << 20)
+    attempt = 64 << 20  # eight times the larger cap: cheap, and far past either
+    env = sandbox.sandbox_env(limits, None, use_cuda=False)
+    inner = [sys.executable, "-c", cases.FILL_FILE_SYSTEMS.replace("LIMIT", str(attempt))]
+    cmd = sandbox.sandbox_command(inner, input_dir=tmp_path, limits=limits, env=env)
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    written = json.loads(done.stdout)
+    assert {"/", "/dev", "/dev/shm", "/tmp"} <= set(written)
+    assert written["/tmp"] >= 4 << 20 and written["/dev/shm"] >= 2 << 20  # positive control: they are usable
+    over = {point: size for point, size in written.items() if size > limits.tmp_bytes}
+    assert over == {}, f"written past the limits: {over}"
+    assert written["/dev/shm"] <= limits.shm_bytes and written["/"] == written["/dev"] == 0
 
 
 def test_a_missing_bwrap_says_what_to_do(tmp_path):
@@ -419,6 +623,35 @@ def test_report_numbers_are_computed_from_the_results(tmp_path):
     assert html.count("<img ") == 4 and "<script>x" not in html and "&lt;script&gt;" in html
     with pytest.raises(ValueError, match="no graded submissions"):
         report.write_report(tmp_path / "e.html", "mini", [], {})
+
+
+def test_the_report_shows_dollar_signs_of_student_messages_as_written(tmp_path):
+    # Fault 4 of #10: matplotlib read "$...$" in a student's exception message as mathtext and the report
+    # (rebuilt from every state file on each run) crashed on this run and every later one.
+    messages = ["expected $\\alpha$, got $\\notacommand$", "costs $5 and $x^$", "a lone $ sign", "\x1b[31m$$\x1b[0m"]
+    results = [{"student": f"s{i}", "status": "graded", "message": "", "score": 0.0, "max_score": 1.0, "seconds": 1.0,
+                "exec_seconds": 0.5, "notes": [f"note ${i}$"],
+                "cells": {"test_square": {"score": 0.0, "max_score": 1.0, "ename": "ValueError", "evalue": m}}}
+               for i, m in enumerate(messages)]
+    page = report.write_report(tmp_path / "r.html", "mini", results, {"notes": []}).read_text()
+    assert page.count("<img ") == 4
+    for message in messages[:3]:
+        assert html_escape(f"ValueError: {message}") in page
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots()
+    report._labelled_barh(ax, messages, [1, 2, 3, 4])
+    fig.canvas.draw()  # mathtext would raise here on the second label
+    assert [t.get_text() for t in ax.get_yticklabels()] == messages
+    plt.close(fig)
+
+
+def test_printable_escapes_what_would_act_on_a_terminal():
+    assert report.printable("evil\x1b[2J\rname\n.zip: skipped") == "evil\\x1b[2J\\rname\\n.zip: skipped"
+    assert report.printable("plain ünïcode $x$") == "plain ünïcode $x$"
 
 
 def test_segutils_grade_is_a_subcommand():

@@ -2,7 +2,8 @@
 
 The batch (``tests/fixtures/grading/cases.py``: honest, broken, hostile and unreadable
 submissions, exported as a learning platform does) is graded once, through the command line,
-with two workers, a 5 s cell timeout, a 1.5 GiB memory limit and ``--redact-hidden``. Every test
+with two workers, a 5 s cell timeout, a 1.5 GiB memory limit, a 64 MiB /tmp, a 16 MiB /dev/shm and
+``--redact-hidden``. Every test
 then checks a real outcome: scores read back through ``nbgrader.api.Gradebook`` against the
 scores worked out by hand in ``cases.py``, files on disk, the CSV, the report, and that two honest
 students get the same grades as when graded alone. Re-runs, ``--student`` and an interrupted batch
@@ -38,7 +39,8 @@ import cases  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("grading")]
 
-GRADE_ARGS = ["--workers", "2", "--timeout", "5", "--memory", "1.5", "--no-progress"]
+GRADE_ARGS = ["--workers", "2", "--timeout", "5", "--memory", "1.5", "--tmp-size", str(cases.TMP_MIB),
+              "--shm-size", str(cases.SHM_MIB), "--no-progress"]
 
 
 def _why_no_sandbox() -> str | None:
@@ -172,6 +174,17 @@ def test_files_csv_and_report_are_written(batch):
     for title in ("Score histogram", "Pass rate per test cell", "Most common failure messages", "Slowest submissions"):
         assert title in text or title.lower() in text.lower()
     assert text.count("<img ") == 4 and "no GPU" in text
+
+
+@needs_sandbox
+def test_the_feedback_runs_no_script_of_the_student(batch):
+    # Fault 5 of #10: nbgrader's feedback showed the student's Markdown and HTML outputs as they were.
+    folder = batch.course / "feedback"
+    hostile = (folder / "xss_feedback" / cases.ASSIGNMENT / "mini.html").read_text()
+    baseline = (folder / "reference" / cases.ASSIGNMENT / "mini.html").read_text()  # the same template, no payload
+    cases.assert_no_student_script(hostile, baseline)
+    assert "<strong>bold</strong>" in hostile and "<b>kept</b>" in hostile and "<b>kept html</b>" in hostile
+    assert "Score: 4.0 / 4.0" in hostile
 
 
 @needs_sandbox
@@ -318,3 +331,70 @@ def test_gpu_tests_run_on_the_workers_gpu_or_are_skipped_with_a_note(tmp_path):
         assert f"GPUs: {workers}" in report and "should stay on CUDA" in report_rows(course)["moves_to_cpu"]
     else:
         assert "no GPU" in report
+
+
+# nbgrader's documented example of a late-penalty plugin (docs/source/plugins/late-plugin.rst), in the course's late.py
+SUBMARKS = """from nbgrader.plugins import BasePlugin
+
+
+class SubMarks(BasePlugin):
+    def late_submission_penalty(self, student_id, score, total_seconds_late):
+        \"\"\"Penalty of 1 mark per hour late\"\"\"
+        hours_late = total_seconds_late / 3600
+        return round(hours_late, 0)
+"""
+DUE = "2024-03-01 12:00:00 UTC"
+#: student -> (answers, timestamp, seconds late)
+LATE_CLASS = {"on_time": ({}, "2024-03-01 11:00:00 UTC", 0.0),
+              "late": ({}, "2024-03-01 14:40:00 UTC", 9600.0),
+              "late_wrong": ({"square": cases.WRONG["square"]}, "2024-03-02 12:00:00 UTC", 86400.0)}
+#: method -> the late penalty each student gets, worked out from nbgrader's rules: "none" assigns none,
+#: "zero" takes the whole score (4 and 2 points), SubMarks one point per hour late, rounded (2.67 h -> 3;
+#: 24 h -> 24, which nbgrader caps at the score: 2).
+PENALTIES = {"none": {"on_time": 0.0, "late": 0.0, "late_wrong": 0.0},
+             "zero": {"on_time": 0.0, "late": 4.0, "late_wrong": 2.0},
+             "custom": {"on_time": 0.0, "late": 3.0, "late_wrong": 2.0}}
+
+
+@pytest.mark.parametrize("method", sorted(PENALTIES))
+def test_late_submissions_are_graded_under_every_penalty_method(tmp_path, method):
+    """Fault 2 of #10: every late submission's job failed (DetachedInstanceError in a log message) and was
+    retried on every run. Now each is graded, the penalty is nbgrader's, the on-time student is untouched."""
+    from nbgrader.api import Gradebook
+    from nbgrader.utils import parse_utc
+
+    course, ctx = make_course(tmp_path)
+    config = course / "nbgrader_config.py"
+    if method == "custom":
+        (course / "late.py").write_text(SUBMARKS)
+        config.write_text(config.read_text() + "\nc.AssignLatePenalties.plugin_class = 'late.SubMarks'\n")
+    else:
+        config.write_text(config.read_text() + f"\nc.LateSubmissionPlugin.penalty_method = {method!r}\n")
+    db = f"sqlite:///{course / 'gradebook.db'}"
+    with Gradebook(db) as gb:
+        gb.update_or_create_assignment(cases.ASSIGNMENT, duedate=parse_utc(DUE))
+    export = tmp_path / "export"
+    export.mkdir()
+    for student, (answers, stamp, _) in LATE_CLASS.items():
+        (export / f"{student}.ipynb").write_text(nbformat.writes(ctx.notebook(**answers)))
+        (export / f"{student}.timestamp.txt").write_text(stamp)
+    args = ["--workers", "2", "--timeout", "5", "--no-progress"] + ([] if _why_no_sandbox() is None else ["--no-sandbox"])
+    run = segutils_grade(course, "--submissions", str(export), *args)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "3 graded, 0 rejected, 0 failed" in run.stdout
+    assert gradebook_scores(course) == {"on_time": cases.FULL, "late": cases.FULL, "late_wrong": cases.SQUARE_WRONG}
+    with Gradebook(db) as gb:
+        late = {s: gb.find_submission(cases.ASSIGNMENT, s).total_seconds_late for s in LATE_CLASS}
+        penalty = {s: float(gb.find_submission_notebook("mini", cases.ASSIGNMENT, s).late_submission_penalty or 0)
+                   for s in LATE_CLASS}
+    assert late == {s: seconds for s, (_, _, seconds) in LATE_CLASS.items()}
+    assert penalty == PENALTIES[method]
+    with open(course / "grades.csv", newline="") as handle:
+        rows = {r["student_id"]: r for r in csv.DictReader(handle)}
+    raw = {"on_time": 4.0, "late": 4.0, "late_wrong": 2.0}
+    assert {s: float(rows[s]["score"]) for s in LATE_CLASS} == {s: raw[s] - PENALTIES[method][s] for s in LATE_CLASS}
+    states = {s: json.loads((course / "reports" / cases.ASSIGNMENT / "state" / f"{s}.json").read_text())
+              for s in LATE_CLASS}
+    assert {s: st["status"] for s, st in states.items()} == dict.fromkeys(LATE_CLASS, "graded")
+    assert any(f"late penalty: {PENALTIES[method]['late']:g} points" in n for n in states["late"]["notes"])
+    assert not any("after the due date" in n for n in states["on_time"]["notes"])

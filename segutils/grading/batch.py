@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from segutils.grading import state
-from segutils.grading.runner import GradingJob, GradingOptions, GradingResult, load_course_config
+from segutils.grading.runner import MAX_CELLS, MAX_DEPTH, GradingJob, GradingOptions, GradingResult, load_course_config
 
 SQLITE_BUSY_TIMEOUT = 120
 
@@ -48,6 +48,8 @@ class BatchOptions:
     gpus: int | None = None
     limits: dict = field(default_factory=dict)
     progress: bool = True
+    max_cells: int = MAX_CELLS
+    max_depth: int = MAX_DEPTH
 
 
 @dataclass
@@ -241,7 +243,9 @@ def _grade_with(pool: Any, options: BatchOptions, *, course: Path, cfg: Any, lay
         students = [s for s in students if s in options.students]
 
     grading_options = GradingOptions(sandbox=options.sandbox, limits=dict(options.limits), timeout=options.timeout,
-                                     redact_hidden=options.redact_hidden, gpu=None)
+                                     redact_hidden=options.redact_hidden, gpu=None, max_cells=options.max_cells,
+                                     max_depth=options.max_depth)
+    course_modules = _course_modules(course)
     fingerprint = state.assignment_fingerprint(db_url, options.assignment)
     config_text = config_file.read_text(encoding="utf-8") if config_file.is_file() else ""
     summary = BatchSummary(problems=list(imported.problems))
@@ -251,7 +255,9 @@ def _grade_with(pool: Any, options: BatchOptions, *, course: Path, cfg: Any, lay
             folder = submitted / student / options.assignment
             files = {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*"))
                      if p.is_file() and not p.is_symlink()}
-            digest = state.submission_digest(files, fingerprint, grading_options.fingerprint())
+            rejected = imported.rejected.get(student, "")
+            digest = state.submission_digest({**files, **({"\0rejected": rejected.encode()} if rejected else {})},
+                                             fingerprint, grading_options.fingerprint())
             previous = state.load_state(course, options.assignment, student)
             if not options.force and previous and previous.get("digest") == digest:
                 try:
@@ -265,7 +271,8 @@ def _grade_with(pool: Any, options: BatchOptions, *, course: Path, cfg: Any, lay
             jobs.append(GradingJob(
                 assignment=options.assignment, student=student, db_url=db_url, config_text=config_text,
                 release_notebooks=release_notebooks, source_files=source_files, submission=files, digest=digest,
-                options=grading_options, notes=list(imported.notes.get(student, []))))
+                options=grading_options, notes=list(imported.notes.get(student, [])), rejected=rejected,
+                course_modules=course_modules))
 
     bar = _progress(len(jobs), options.progress)
     counts = {"done": 0, "failed": 0}
@@ -298,6 +305,13 @@ def _grade_with(pool: Any, options: BatchOptions, *, course: Path, cfg: Any, lay
                                       options.assignment, results, meta)
     summary.seconds = time.monotonic() - started
     return summary
+
+
+def _course_modules(course: Path, limit: int = 1 << 20) -> dict[str, bytes]:
+    """The Python files at the top of the course directory besides its config (a late-penalty plugin
+    ``late.py`` that the config names as ``'late.SubMarks'``), for jobs that run elsewhere."""
+    return {p.name: p.read_bytes() for p in sorted(course.glob("*.py"))
+            if p.name != "nbgrader_config.py" and p.is_file() and p.stat().st_size <= limit}
 
 
 def _store(course: Path, layout: Any, assignment: str, result: GradingResult) -> None:

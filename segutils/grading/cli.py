@@ -60,6 +60,14 @@ def add_grade_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentP
     parser.add_argument("--notebook-timeout", type=_positive_float, default=None,
                         help="seconds a whole notebook may run (default 1800)")
     parser.add_argument("--memory", type=_positive_float, default=None, help="GiB of memory per process (default 4)")
+    parser.add_argument("--tmp-size", type=_positive_int, default=None, metavar="MIB",
+                        help="MiB of the sandbox's writable /tmp, held in memory (default 1024)")
+    parser.add_argument("--shm-size", type=_positive_int, default=None, metavar="MIB",
+                        help="MiB of the sandbox's /dev/shm, held in memory (default 64)")
+    parser.add_argument("--max-cells", type=_positive_int, default=None,
+                        help="reject notebooks with more cells than this (default 2000)")
+    parser.add_argument("--max-depth", type=_positive_int, default=None,
+                        help="reject notebooks whose JSON nests deeper than this (default 100)")
     parser.add_argument("--redact-hidden", action="store_true",
                         help="keep the hidden tests' source out of the feedback (pass/fail and messages stay)")
     parser.add_argument("--force", action="store_true", help="regrade students whose submission did not change")
@@ -78,12 +86,18 @@ def run_grade(args: argparse.Namespace) -> int:
     # uses it: the command does without (see segutils.grading.sandbox.bootstrap_command).
     sys.modules.setdefault("rfc3987_syntax", None)  # type: ignore[assignment]
     from segutils.grading.batch import BatchOptions, GradingError, grade_assignment
+    from segutils.grading.report import printable
 
     limits: dict = {}
     if args.memory:
         limits["memory_bytes"] = int(args.memory * _GIB)
     if args.notebook_timeout:
         limits["notebook_timeout"] = float(args.notebook_timeout)
+    if args.tmp_size:
+        limits["tmp_bytes"] = args.tmp_size << 20
+    if args.shm_size:
+        limits["shm_bytes"] = args.shm_size << 20
+    caps = {name: value for name, value in (("max_cells", args.max_cells), ("max_depth", args.max_depth)) if value}
     workers = args.workers
     if workers is None:
         from segutils.grading.sandbox import discover_gpus
@@ -97,7 +111,7 @@ def run_grade(args: argparse.Namespace) -> int:
         assignment=args.assignment, course=args.course_dir, submissions=args.submissions, workers=workers,
         db_url=args.db_url, scheduler=args.scheduler, sandbox=args.sandbox, timeout=args.timeout,
         redact_hidden=args.redact_hidden, force=args.force, students=list(args.student), gpus=args.gpus,
-        limits=limits, progress=args.progress)
+        limits=limits, progress=args.progress, **caps)
     try:
         summary = grade_assignment(options)
     except GradingError as error:
@@ -109,7 +123,7 @@ def run_grade(args: argparse.Namespace) -> int:
     print(f"{args.assignment}: {len(summary.graded)} graded, {len(summary.rejected)} rejected, "
           f"{len(summary.failed)} failed, {len(summary.skipped)} unchanged (skipped) in {summary.seconds:.0f} s")
     for problem in summary.problems:
-        print(f"  import: {problem}")
+        print(f"  import: {printable(problem)}")  # file names of the export: the students chose them
     if summary.csv:
         print(f"  grades: {summary.csv}")
     if summary.report:

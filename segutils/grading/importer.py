@@ -9,10 +9,15 @@ Two inputs are understood:
 
 Zips are unpacked member by member, never with ``extractall``: members whose path is absolute or
 climbs out of the folder (``../``), links, and members past the size and count limits are refused
-and noted; a ``timestamp.txt`` at the top is kept when nbgrader can parse it; a zip holding one
-folder is unpacked from inside that folder; a lone notebook with another name is renamed to the
-assignment's. Contents are not judged here (an empty or non-JSON notebook is imported as is; the
-runner rejects it with a message and a score of 0).
+and noted; a zip holding one folder is unpacked from inside that folder; a lone notebook with
+another name is renamed to the assignment's. A ``timestamp.txt`` inside a zip is the student's
+own file and is dropped with a note: the submission time is the collection's
+(``<student>.timestamp.txt`` beside the zip, or nbgrader's layout), else the student could backdate
+a late submission. A zip that cannot be stored as files (a member that is both a file and a
+folder, a name longer than the file system allows) rejects that student only
+(:attr:`ImportReport.rejected`, graded as rejected with the reason). Contents are not judged here
+(an empty or non-JSON notebook is imported as is; the runner rejects it with a message and a
+score of 0).
 """
 from __future__ import annotations
 
@@ -28,7 +33,14 @@ STUDENT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@+-]{0,127}$")
 MAX_MEMBERS = 500
 MAX_TOTAL_BYTES = 256 << 20
 MAX_FILE_BYTES = 64 << 20
+#: Longest file or folder name (bytes, UTF-8) and longest path inside a submission (bytes).
+MAX_NAME_BYTES = 255
+MAX_PATH_BYTES = 1024
 _JUNK = ("__MACOSX/", ".ipynb_checkpoints/", ".DS_Store", "Thumbs.db")
+
+
+class ArchiveRejected(ValueError):
+    """A submitted archive that cannot be stored as files (the student's submission is rejected)."""
 
 
 @dataclass
@@ -38,6 +50,8 @@ class ImportReport:
     students: list[str] = field(default_factory=list)
     notes: dict[str, list[str]] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
+    #: Students whose submission could not be stored, with the reason (graded as rejected).
+    rejected: dict[str, str] = field(default_factory=dict)
 
     def note(self, student: str, message: str) -> None:
         self.notes.setdefault(student, []).append(message)
@@ -98,7 +112,7 @@ def _import_layout(source: Path, submitted: Path, assignment: str, report: Impor
                 report.note(folder.name, f"link {relative} ignored")
             elif path.is_file() and not any(j in relative for j in _JUNK):
                 files[relative] = path.read_bytes()
-        _replace(submitted / folder.name / assignment, files)
+        _store(submitted / folder.name / assignment, files, folder.name, report)
 
 
 def _import_flat(source: Path, submitted: Path, assignment: str, notebooks: list[str], report: ImportReport) -> None:
@@ -120,7 +134,11 @@ def _import_flat(source: Path, submitted: Path, assignment: str, notebooks: list
         if "zip" in found:
             if "ipynb" in found:
                 report.note(student, f"both {student}.zip and {student}.ipynb were submitted; the zip was graded")
-            files = unpack_zip(found["zip"], assignment, notebooks, lambda m, s=student: report.note(s, m))
+            try:
+                files = unpack_zip(found["zip"], assignment, notebooks, lambda m, s=student: report.note(s, m))
+            except ArchiveRejected as error:
+                report.rejected[student] = f"{found['zip'].name} cannot be unpacked: {error}"
+                files = {}
         elif "ipynb" in found:
             if len(notebooks) != 1:
                 report.note(student, f"{assignment} has {len(notebooks)} notebooks: a single .ipynb cannot be "
@@ -131,11 +149,20 @@ def _import_flat(source: Path, submitted: Path, assignment: str, notebooks: list
         else:
             report.problems.append(f"{found['timestamp'].name}: no submission beside it; skipped")
             continue
-        if "timestamp" in found and "timestamp.txt" not in files:
+        if "timestamp" in found:
             stamp = found["timestamp"].read_bytes()
             if _valid_timestamp(stamp, lambda m, s=student: report.note(s, m)):
                 files["timestamp.txt"] = stamp
-        _replace(submitted / student / assignment, files)
+        _store(submitted / student / assignment, files, student, report)
+
+
+def _store(folder: Path, files: dict[str, bytes], student: str, report: ImportReport) -> None:
+    """:func:`_replace`, or, when the file system refuses the files, the student rejected (an empty folder)."""
+    try:
+        _replace(folder, files)
+    except OSError as error:
+        report.rejected[student] = f"the submitted files could not be stored ({error.strerror or error})"
+        _replace(folder, {"timestamp.txt": files["timestamp.txt"]} if "timestamp.txt" in files else {})
 
 
 def _valid_timestamp(data: bytes, note) -> bool:
@@ -159,8 +186,28 @@ def _member_path(info: zipfile.ZipInfo) -> PurePosixPath:
     return PurePosixPath(*[p for p in path.parts if p not in ("", ".")])
 
 
+def _check_storable(files: dict[str, bytes]) -> None:
+    """:class:`ArchiveRejected` unless every name fits the file system and none is both a file and a folder."""
+    folders = {str(parent) for name in files for parent in PurePosixPath(name).parents if str(parent) != "."}
+    for name in sorted(files):
+        if "\0" in name:
+            raise ArchiveRejected(f"member {name!r} has a NUL character in its name")
+        if len(name.encode("utf-8", "surrogateescape")) > MAX_PATH_BYTES:
+            raise ArchiveRejected(f"member {name[:60]!r}... has a path longer than {MAX_PATH_BYTES} bytes")
+        for part in PurePosixPath(name).parts:
+            if len(part.encode("utf-8", "surrogateescape")) > MAX_NAME_BYTES:
+                raise ArchiveRejected(f"member {name[:60]!r}... has a name longer than the {MAX_NAME_BYTES} bytes "
+                                      "a file system allows")
+        if name in folders:
+            raise ArchiveRejected(f"{name!r} is both a file and a folder in the archive")
+
+
 def unpack_zip(path: Path, assignment: str, notebooks: list[str], note) -> dict[str, bytes]:
-    """The files of a submitted zip, safely (see the module docstring); ``note`` gets every refusal."""
+    """The files of a submitted zip, safely (see the module docstring); ``note`` gets every refusal.
+
+    Raises:
+        ArchiveRejected: the files cannot be stored (a file/folder clash, an over-long name).
+    """
     try:
         archive = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError) as error:
@@ -188,8 +235,10 @@ def unpack_zip(path: Path, assignment: str, notebooks: list[str], note) -> dict[
             total += len(data)
             files[relative.as_posix()] = data
     files = _strip_common_folder(files)
-    if "timestamp.txt" in files and not _valid_timestamp(files["timestamp.txt"], note):
-        del files["timestamp.txt"]
+    _check_storable(files)
+    if files.pop("timestamp.txt", None) is not None:
+        note("the timestamp.txt inside the zip was ignored: the submission time is the collection's "
+             "(<student>.timestamp.txt beside the zip), never the student's own file")
     found = [name for name in files if name.endswith(".ipynb")]
     if len(notebooks) == 1 and notebooks[0] not in files and len(found) == 1:
         note(f"notebook {found[0]} renamed to {notebooks[0]}")
@@ -226,10 +275,14 @@ def _replace(folder: Path, files: dict[str, bytes]) -> None:
             return
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".import-", dir=folder.parent))
-    for name, data in files.items():
-        target = staging / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(data)
+    try:
+        for name, data in files.items():
+            target = staging / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(data)
+    except OSError:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     if folder.exists():
         shutil.rmtree(folder)
     staging.rename(folder)

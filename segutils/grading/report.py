@@ -4,6 +4,10 @@ Sections: totals; score histogram; pass rate per test cell; most common failure 
 slowest submissions (notebook execution vs. the rest); submissions that needed attention
 (rejected, failed, tampering restored or detected); one row per student with their score,
 status, time and messages.
+
+Everything a student controls (messages, notes, names) is text here: HTML-escaped in the page,
+drawn without matplotlib's mathtext in the plots (an exception message ``$\\alpha$`` or a lone
+``$`` is shown as written), and with control characters escaped on the terminal (:func:`printable`).
 """
 from __future__ import annotations
 
@@ -16,6 +20,20 @@ from pathlib import Path
 from typing import Any, Iterable
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
+def printable(text: Any) -> str:
+    """``text`` safe for a terminal or a log line: control characters (escape sequences, newlines,
+    carriage returns, bidirectional overrides) shown as ``\\x1b``, ``\\n``... instead of acting."""
+    return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), str(text))
+
+
+def _labelled_barh(ax, labels: list[str], widths: list[float], **kwargs) -> None:
+    """Horizontal bars labelled with ``labels`` as plain text (no mathtext, duplicates kept apart)."""
+    positions = list(range(len(labels)))
+    ax.barh(positions, widths, **kwargs)
+    ax.set_yticks(positions, labels=labels, parse_math=False)
 
 
 def failure_message(cell: dict) -> str:
@@ -82,7 +100,7 @@ def _plots(summary: dict) -> dict[str, str]:
     rates = summary["pass_rate"]
     fig, ax = plt.subplots(figsize=(6, 0.6 + 0.28 * max(1, len(rates))))
     names = list(rates)[::-1]
-    ax.barh(names, [100 * rates[n] for n in names], color="#55a868")
+    _labelled_barh(ax, names, [100 * rates[n] for n in names], color="#55a868")
     ax.set_xlim(0, 100)
     ax.set_xlabel("students passing (%)")
     ax.set_title("Pass rate per test cell")
@@ -91,7 +109,7 @@ def _plots(summary: dict) -> dict[str, str]:
     messages = summary["messages"][:10]
     fig, ax = plt.subplots(figsize=(7, 0.6 + 0.3 * max(1, len(messages))))
     labels = [m if len(m) <= 70 else m[:67] + "..." for m, _ in messages][::-1]
-    ax.barh(labels, [c for _, c in messages][::-1], color="#c44e52")
+    _labelled_barh(ax, labels, [c for _, c in messages][::-1], color="#c44e52")
     ax.set_xlabel("failed test cells")
     ax.set_title("Most common failure messages")
     plots["messages"] = _figure_html(fig)
@@ -101,8 +119,8 @@ def _plots(summary: dict) -> dict[str, str]:
     names = [r["student"] for r in slowest][::-1]
     execution = [float(r.get("exec_seconds", 0.0)) for r in slowest][::-1]
     rest = [max(0.0, float(r.get("seconds", 0.0)) - e) for r, e in zip(slowest[::-1], execution)]
-    ax.barh(names, execution, color="#8172b2", label="notebook execution")
-    ax.barh(names, rest, left=execution, color="#ccb974", label="kernel start, sandbox, nbgrader")
+    _labelled_barh(ax, names, execution, color="#8172b2", label="notebook execution")
+    ax.barh(list(range(len(names))), rest, left=execution, color="#ccb974", label="kernel start, sandbox, nbgrader")
     ax.set_xlabel("seconds")
     ax.set_title("Slowest submissions")
     ax.legend(loc="lower right", fontsize=8)

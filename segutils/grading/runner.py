@@ -19,10 +19,12 @@ The local pool runs it as ``segutils.grading.runner JOB.pickle RESULT.pickle`` t
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import logging
 import os
 import pickle
+import re
 import shutil
 import sys
 import tempfile
@@ -32,6 +34,10 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Iterator
 
 MAX_NOTEBOOK_BYTES = 64 << 20
+#: Default caps on a submitted notebook (``--max-cells``, ``--max-depth``): the course's notebooks have
+#: about 60 cells and a JSON nesting depth under 10 (20 with JSON outputs).
+MAX_CELLS = 2000
+MAX_DEPTH = 100
 
 
 @dataclass
@@ -44,11 +50,14 @@ class GradingOptions:
     redact_hidden: bool = False
     gpu: Any = None  # None (CPU only), a GpuDevice dict, or "inherit" (the worker's CUDA_VISIBLE_DEVICES)
     stderr_fails: bool = False
+    max_cells: int = MAX_CELLS
+    max_depth: int = MAX_DEPTH
 
     def fingerprint(self) -> dict:
         gpu = "gpu" if self.gpu else "cpu"
         return {"sandbox": self.sandbox, "limits": dict(sorted(self.limits.items())), "timeout": self.timeout,
-                "redact_hidden": self.redact_hidden, "gpu": gpu, "stderr_fails": self.stderr_fails}
+                "redact_hidden": self.redact_hidden, "gpu": gpu, "stderr_fails": self.stderr_fails,
+                "max_cells": self.max_cells, "max_depth": self.max_depth}
 
 
 @dataclass
@@ -65,6 +74,10 @@ class GradingJob:
     digest: str
     options: GradingOptions = field(default_factory=GradingOptions)
     notes: list[str] = field(default_factory=list)
+    #: Why the submission was refused when it was imported (an archive that cannot be unpacked); "" if not.
+    rejected: str = ""
+    #: The course's own Python modules (``late.py`` of a late-penalty plugin ``'late.SubMarks'``), by file name.
+    course_modules: dict[str, bytes] = field(default_factory=dict)
 
 
 @dataclass
@@ -130,6 +143,7 @@ def nbgrader_config(config_file: Path, *, root: Path, db_url: str, options: Grad
                                         OverwriteCells, OverwriteKernelspec)
 
     from segutils.grading.preprocessors import RedactHiddenTests, RestoreStructure, SandboxedExecute
+    from segutils.grading.sanitize import configure_feedback
 
     cfg = load_course_config(config_file)
     cfg.CourseDirectory.root = str(root)
@@ -155,6 +169,7 @@ def nbgrader_config(config_file: Path, *, root: Path, db_url: str, options: Grad
         cfg.SandboxedExecute.timeout = int(options.timeout)
     cfg.GenerateFeedback.preprocessors = [GetGrades, RedactHiddenTests, CSSHTMLHeaderPreprocessor]
     cfg.RedactHiddenTests.enabled = options.redact_hidden
+    configure_feedback(cfg)  # the student's Markdown and outputs must not run in the reader's browser
     return cfg
 
 
@@ -184,8 +199,25 @@ def _graded_ids(nb: Any) -> set[str]:
     return ids
 
 
-def check_submission(folder: Path, name: str, release: bytes, assignment: str) -> tuple[str | None, list[str]]:
-    """Why ``folder/name`` cannot be graded (``None`` if it can), and notes about it."""
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.S)
+_NOT_BRACKET = re.compile(rb"[^\[\]{}]+")
+
+
+def json_depth(data: bytes) -> int:
+    """How deeply the arrays and objects of the JSON text ``data`` nest (without parsing it: a
+    recursive parser fails on deep nesting before it could say how deep)."""
+    brackets = _NOT_BRACKET.sub(b"", _JSON_STRING.sub(b"", data))
+    steps = brackets.translate(bytes.maketrans(b"[{]}", b"\x01\x01\xff\xff"))
+    return max(itertools.accumulate((1 if b == 1 else -1 for b in steps), initial=0))
+
+
+def check_submission(folder: Path, name: str, release: bytes, assignment: str, *, max_cells: int = MAX_CELLS,
+                     max_depth: int = MAX_DEPTH) -> tuple[str | None, list[str]]:
+    """Why ``folder/name`` cannot be graded (``None`` if it can), and notes about it.
+
+    Besides what nbgrader cannot read, a notebook with more than ``max_cells`` cells or whose JSON
+    nests deeper than ``max_depth`` is refused (before it is parsed or validated).
+    """
     import nbformat
 
     path = folder / name
@@ -199,15 +231,23 @@ def check_submission(folder: Path, name: str, release: bytes, assignment: str) -
         return f"{name} is an empty file", notes
     if size > MAX_NOTEBOOK_BYTES:
         return f"{name} is {size} bytes, more than the {MAX_NOTEBOOK_BYTES} a notebook may have", notes
+    raw = path.read_bytes()
+    depth = json_depth(raw)
+    if depth > max_depth:
+        return (f"{name} nests its JSON {depth} levels deep, more than the {max_depth} a notebook may have "
+                "(--max-depth)"), notes
     try:
-        data = json.loads(path.read_bytes().decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as error:
+        data = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as error:
         return f"{name} is not a notebook: it is not valid JSON ({str(error)[:120]})", notes
+    cells = data.get("cells") if isinstance(data, dict) else None
+    if isinstance(cells, list) and len(cells) > max_cells:
+        return f"{name} has {len(cells)} cells, more than the {max_cells} a notebook may have (--max-cells)", notes
     try:
         nb = nbformat.reads(json.dumps(data), as_version=4)
         nbformat.validate(nb)
     except Exception as error:  # noqa: BLE001 - nbformat raises several kinds
-        return f"{name} is not a valid Jupyter notebook ({str(error).splitlines()[0][:200]})", notes
+        return f"{name} is not a valid Jupyter notebook ({(str(error).splitlines() or [''])[0][:200]})", notes
     expected = _graded_ids(json.loads(release))
     got = _graded_ids(nb)
     if expected and got and not (expected & got):
@@ -238,15 +278,30 @@ def rejected_substitute(release: bytes, reason: str) -> bytes:
 
 # -- running nbgrader --------------------------------------------------------------------------
 class _LogCapture(logging.Handler):
+    """Keeps nbgrader's log messages, formatted when they are logged.
+
+    nbgrader logs gradebook rows lazily (``log.warning("%s is %s seconds late", submission, ...)``):
+    formatted later, after its gradebook session has closed, their ``repr`` raises SQLAlchemy's
+    ``DetachedInstanceError``. A message that cannot be formatted is kept as its template.
+    """
+
     def __init__(self) -> None:
         super().__init__(logging.INFO)
-        self.records: list[logging.LogRecord] = []
+        self.records: list[tuple[int, str]] = []
+        self._last: logging.LogRecord | None = None
 
     def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
+        if record is self._last:  # the same record again, propagated to another watched logger
+            return
+        self._last = record
+        try:
+            message = record.getMessage()
+        except Exception as error:  # noqa: BLE001 - a log message must never fail the job
+            message = f"{record.msg} (arguments not shown: {type(error).__name__})"
+        self.records.append((record.levelno, message))
 
     def messages(self, level: int) -> list[str]:
-        return [r.getMessage() for r in self.records if r.levelno >= level]
+        return [message for levelno, message in self.records if levelno >= level]
 
 
 @contextlib.contextmanager
@@ -292,6 +347,29 @@ def _scores(db_url: str, assignment: str, student: str, notebooks: list[str]) ->
     return total, maximum, cells
 
 
+def lateness_note(db_url: str, assignment: str, student: str, notebooks: list[str]) -> str | None:
+    """``"submitted 2 h 5 min after the due date; late penalty: 3 points"`` (``None`` when on time)."""
+    from nbgrader.api import Gradebook, MissingEntry
+
+    with Gradebook(db_url) as gb:
+        try:
+            submission = gb.find_submission(assignment, student)
+        except MissingEntry:
+            return None
+        seconds = float(submission.total_seconds_late or 0.0)
+        if seconds <= 0:
+            return None
+        penalty = 0.0
+        for notebook in notebooks:
+            try:
+                penalty += float(gb.find_submission_notebook(notebook, assignment, student).late_submission_penalty or 0)
+            except MissingEntry:
+                continue
+    minutes = int(seconds // 60)
+    late = f"{minutes // 60} h {minutes % 60} min" if minutes else f"{seconds:.0f} s"
+    return f"submitted {late} after the due date; late penalty: {penalty:g} points"
+
+
 def zero_grades(db_url: str, assignment: str, student: str, notebooks: list[str]) -> None:
     """Give every graded cell of ``student`` 0 points and flag it for manual grading (a failed job)."""
     from nbgrader.api import Gradebook
@@ -303,6 +381,21 @@ def zero_grades(db_url: str, assignment: str, student: str, notebooks: list[str]
             grade.auto_score = 0
             grade.needs_manual_grade = True
         gb.db.commit()
+
+
+@contextlib.contextmanager
+def _importable(course: Path, modules: dict[str, bytes]) -> Iterator[None]:
+    """The course's own modules importable by name while nbgrader runs (as from the course directory,
+    where ``nbgrader autograde`` runs): a late-penalty plugin configured as ``'late.SubMarks'``."""
+    names = [Path(n).stem for n in modules]
+    sys.path.insert(0, str(course))
+    try:
+        yield
+    finally:
+        with contextlib.suppress(ValueError):
+            sys.path.remove(str(course))
+        for name in names:
+            sys.modules.pop(name, None)
 
 
 def grade(job: GradingJob) -> GradingResult:
@@ -323,6 +416,9 @@ def grade(job: GradingJob) -> GradingResult:
         course.mkdir()
         config_file = course / "nbgrader_config.py"
         config_file.write_text(job.config_text, encoding="utf-8")
+        for module_name, data in job.course_modules.items():
+            if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*\.py", module_name) and module_name != "nbgrader_config.py":
+                (course / module_name).write_bytes(data)
         layout = CourseDirectory(config=load_course_config(config_file))
         _write_tree(course / layout.source_directory / job.assignment, job.source_files)
         _write_tree(course / layout.release_directory / job.assignment, job.release_notebooks)
@@ -331,7 +427,11 @@ def grade(job: GradingJob) -> GradingResult:
         _write_tree(submitted, job.submission)
         rejections = []
         for name, release in sorted(job.release_notebooks.items()):
-            reason, more = check_submission(submitted, name, release, job.assignment)
+            if job.rejected:
+                reason, more = job.rejected, []
+            else:
+                reason, more = check_submission(submitted, name, release, job.assignment,
+                                                max_cells=options.max_cells, max_depth=options.max_depth)
             notes += more
             if reason:
                 rejections.append(reason)
@@ -346,8 +446,8 @@ def grade(job: GradingJob) -> GradingResult:
         cfg = nbgrader_config(config_file, root=course, db_url=job.db_url, options=options,
                               cell_order=cell_order, release_sources=release_sources)
         preprocessors.DETAILS.clear()
-        status, message = ("rejected", "; ".join(rejections)) if rejections else ("graded", "")
-        with _captured_logs() as logs:
+        status, message = ("rejected", "; ".join(dict.fromkeys(rejections))) if rejections else ("graded", "")
+        with _captured_logs() as logs, _importable(course, job.course_modules):
             try:
                 for converter_class in (Autograde, GenerateFeedback):
                     coursedir = CourseDirectory(config=cfg)
@@ -364,6 +464,9 @@ def grade(job: GradingJob) -> GradingResult:
         notes += [f"{m.replace('Cell with id', 'the cell')}: the last copy was graded, the others ran as ordinary cells"
                   for m in duplicates][:20]
         score, max_score, cells = _scores(job.db_url, job.assignment, job.student, notebooks)
+        late = lateness_note(job.db_url, job.assignment, job.student, notebooks)
+        if late:
+            notes.append(late)
         exec_seconds, cuda = 0.0, 0
         for notebook, info in preprocessors.DETAILS.items():
             notes += [f"{notebook}: {n}" if len(job.release_notebooks) > 1 else n for n in info["notes"]]

@@ -8,7 +8,10 @@ What the sandbox gives the notebook (see ``book/appendix/grading.md`` for the th
   (``sys.prefix``, ``sys.base_prefix``) and the ``segutils`` package directory, nothing else of the
   course (no ``solutions/``, no gradebook, no other student's files);
 - ``/grading/input`` (read-only): the one notebook to run and the files released with it;
-- ``/tmp`` (tmpfs of bounded size): the writable work directory, the kernel's home and runtime files;
+- ``/tmp`` and ``/dev/shm`` (tmpfs of ``tmp_bytes`` and ``shm_bytes``): the only writable file
+  systems: the work directory, the kernel's home and runtime files, shared memory. ``/`` and ``/dev``
+  (bubblewrap's own tmpfs, sized at half the host's memory) are remounted read-only, so what a
+  notebook can store in memory through files is bounded by the limits too;
 - per-process limits applied by the executor before any student code runs (:func:`apply_limits`):
   data memory, processes/threads, CPU seconds, file size, open files, no core dumps;
 - ``--die-with-parent`` and ``--as-pid-1``: the executor is PID 1 of the namespace, so student code
@@ -60,7 +63,8 @@ class Limits:
         notebook_timeout: wall seconds the whole notebook may take; then the sandbox is killed.
         file_bytes: ``RLIMIT_FSIZE``: the largest file a process may write.
         open_files: ``RLIMIT_NOFILE``.
-        tmp_bytes: size of the sandbox's writable tmpfs.
+        tmp_bytes: size of the sandbox's writable ``/tmp`` (a tmpfs: it is held in memory).
+        shm_bytes: size of the sandbox's ``/dev/shm`` (a tmpfs too).
         cell_output_bytes: output kept per cell; a cell printing more is stopped.
         notebook_output_bytes: output kept for the whole notebook.
         threads: ``OMP_NUM_THREADS`` and friends inside the sandbox.
@@ -74,6 +78,7 @@ class Limits:
     file_bytes: int = 256 * _MIB
     open_files: int = 1024
     tmp_bytes: int = 1 * _GIB
+    shm_bytes: int = 64 * _MIB
     cell_output_bytes: int = 1 * _MIB
     notebook_output_bytes: int = 8 * _MIB
     threads: int = 1
@@ -84,7 +89,7 @@ class Limits:
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
                 raise ValueError(f"Limits.{f.name} must be a positive number, got {value!r}")
         for name in ("memory_bytes", "processes", "cpu_seconds", "file_bytes", "open_files", "tmp_bytes",
-                     "cell_output_bytes", "notebook_output_bytes", "threads"):
+                     "shm_bytes", "cell_output_bytes", "notebook_output_bytes", "threads"):
             if not isinstance(getattr(self, name), int):
                 raise ValueError(f"Limits.{name} must be an int, got {getattr(self, name)!r}")
         if self.processes < 16:
@@ -322,8 +327,8 @@ def sandbox_command(
     Args:
         inner: the command to run inside (``[python, -m, segutils.grading.execute, ...]``).
         input_dir: host directory bound read-only at :data:`SANDBOX_INPUT`.
-        limits: only ``tmp_bytes`` is used here; the executor applies the rest itself
-            (inside the new user namespace, so that process counts are per sandbox).
+        limits: only ``tmp_bytes`` and ``shm_bytes`` are used here; the executor applies the rest
+            itself (inside the new user namespace, so that process counts are per sandbox).
         env: the environment inside (the grader's own environment is cleared).
         gpu: the one GPU this sandbox may open (its device node is the only one bound).
         bwrap: path of ``bwrap`` (default: checked with :func:`check_sandbox`).
@@ -352,7 +357,7 @@ def sandbox_command(
     cpu_info = Path("/sys/devices/system/cpu")
     if cpu_info.is_dir():
         cmd += ["--ro-bind", str(cpu_info), str(cpu_info)]
-    cmd += ["--proc", "/proc", "--dev", "/dev"]
+    cmd += ["--proc", "/proc", "--dev", "/dev", "--size", str(limits.shm_bytes), "--tmpfs", "/dev/shm"]
     cmd += ["--size", str(limits.tmp_bytes), "--tmpfs", SANDBOX_TMP]
     # After the tmpfs: a checkout (and its .venv) under /tmp must stay visible on top of it.
     for root in readonly_roots():
@@ -362,6 +367,9 @@ def sandbox_command(
         for node in gpu_device_nodes(gpu):
             cmd += ["--dev-bind", str(node), str(node)]
         cmd += ["--ro-bind", "/sys", "/sys"]
+    # Last, once every mount point exists: bubblewrap's own tmpfs (/ and /dev, each sized at half the
+    # host's memory) read-only; /tmp and /dev/shm, mounted on them, stay writable within their sizes.
+    cmd += ["--remount-ro", "/dev", "--remount-ro", "/"]
     for key, value in sorted(env.items()):
         cmd += ["--setenv", key, value]
     cmd += ["--chdir", SANDBOX_TMP, "--", *inner]

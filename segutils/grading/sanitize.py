@@ -1,0 +1,141 @@
+"""The feedback page a student's notebook becomes, without anything that runs in a browser.
+
+nbgrader's feedback (nbconvert's HTML exporter, ``feedback`` template) renders a notebook's
+Markdown cells and its HTML, Markdown, SVG and JavaScript outputs as they are: a ``<script>`` or an
+``<img onerror=...>`` in a submission would run in the browser of whoever opens the feedback (the
+student, a teaching assistant, the instructor). :func:`configure_feedback` makes ``GenerateFeedback``
+use :class:`FeedbackExporter`: nbconvert's own ``sanitize_html`` switch on (its templates then pass
+raw cells and HTML and Markdown outputs through the ``clean_html`` filter and leave out JavaScript
+and widget outputs) with :func:`clean_html` as that filter, and Markdown cells cleaned where they are
+rendered (nbgrader's feedback template renders them itself, without ``clean_html``). It also adds
+:class:`SanitizeFeedback`, which keeps only the output types and metadata the template renders safely.
+
+:func:`clean_html` is `nh3 <https://nh3.readthedocs.io>`_ (the Rust ``ammonia`` sanitizer) with its
+default allow-list (formatting, headings, lists, tables, links, images) plus ``class`` and ``id``
+(nbconvert's code highlighting and heading anchors), and ``data:`` URLs for images only. Scripts,
+styles, event handlers (``onerror``...), ``javascript:`` links, frames and forms are removed.
+"""
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import nh3
+from jinja2 import pass_context
+from nbconvert.exporters import HTMLExporter
+from nbconvert.preprocessors import Preprocessor
+from nbformat import NotebookNode
+from traitlets import Bool
+
+#: Output types the feedback shows; the others (JavaScript, widgets, PDF...) are left out.
+SAFE_MIMETYPES = ("text/plain", "text/html", "text/markdown", "text/latex", "image/png", "image/jpeg",
+                  "image/gif", "image/svg+xml", "application/json")
+_IMAGE_DATA_URL = re.compile(r"data:image/(png|jpeg|gif|webp|svg\+xml);base64,[A-Za-z0-9+/=\s]*", re.I)
+_BASE64 = re.compile(r"[A-Za-z0-9+/=\s]*")
+_TAGS = set(nh3.ALLOWED_TAGS) | {"div", "span", "pre", "code"}
+_ATTRIBUTES = {tag: set(names) for tag, names in nh3.ALLOWED_ATTRIBUTES.items()}
+_ATTRIBUTES["*"] = _ATTRIBUTES.get("*", set()) | {"class", "id"}
+_URL_SCHEMES = set(nh3.ALLOWED_URL_SCHEMES) | {"data"}
+
+
+def _attribute(tag: str, attribute: str, value: str) -> str | None:
+    """nh3's ``attribute_filter``: ``data:`` URLs only as the source of an image, and only images."""
+    if attribute in ("src", "href", "cite", "srcset") and value.strip().lower().startswith("data:"):
+        return value if tag == "img" and attribute == "src" and _IMAGE_DATA_URL.fullmatch(value.strip()) else None
+    return value
+
+
+def clean_html(html: Any) -> str:
+    """``html`` without scripts, event handlers, styles or dangerous URLs (see the module docstring)."""
+    text = html.decode("utf-8", "replace") if isinstance(html, bytes) else str(html)
+    return nh3.clean(text, tags=_TAGS, attributes=_ATTRIBUTES, url_schemes=_URL_SCHEMES,
+                     attribute_filter=_attribute, strip_comments=True)
+
+
+def _dimension(value: Any) -> int | float | None:
+    return value if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < 100_000 else None
+
+
+def _clean_metadata(metadata: Any) -> dict:
+    """Output metadata the template may put in an attribute: numeric ``width``/``height`` per image type."""
+    clean: dict = {}
+    for mime, values in (metadata.items() if isinstance(metadata, dict) else []):
+        if mime in ("image/png", "image/jpeg", "image/gif") and isinstance(values, dict):
+            kept = {k: _dimension(values.get(k)) for k in ("width", "height")}
+            kept = {k: v for k, v in kept.items() if v is not None}
+            if kept:
+                clean[mime] = kept
+    return clean
+
+
+def _clean_data(data: Any) -> dict:
+    clean = {}
+    for mime, value in (data.items() if isinstance(data, dict) else []):
+        if mime not in SAFE_MIMETYPES:
+            continue
+        if mime.startswith("image/") and mime != "image/svg+xml":
+            if not (isinstance(value, str) and _BASE64.fullmatch(value)):
+                continue  # the template builds a data: URL from it
+        elif mime == "text/html":
+            value = clean_html("".join(value) if isinstance(value, list) else value)
+        clean[mime] = value
+    return clean
+
+
+class SanitizeFeedback(Preprocessor):
+    """Keep only what the feedback template renders safely (a ``GenerateFeedback`` preprocessor).
+
+    Display outputs keep the types of :data:`SAFE_MIMETYPES` (HTML already cleaned), images only
+    as base64 text, and no metadata but numeric image sizes (the template writes those into
+    unquoted attributes). Markdown attachments keep images only. Widget state is dropped. Markdown
+    cells and HTML/Markdown outputs are cleaned as the template renders them (``clean_html``).
+    """
+
+    def preprocess(self, nb: NotebookNode, resources: dict) -> tuple[NotebookNode, dict]:
+        nb.metadata.pop("widgets", None)
+        return super().preprocess(nb, resources)
+
+    def preprocess_cell(self, cell: NotebookNode, resources: dict, index: int) -> tuple[NotebookNode, dict]:
+        if "attachments" in cell:
+            cell.attachments = {name: {m: v for m, v in bundle.items()
+                                       if m in ("image/png", "image/jpeg", "image/gif") and isinstance(v, str)
+                                       and _BASE64.fullmatch(v)}
+                                for name, bundle in cell.attachments.items() if isinstance(bundle, dict)}
+        for output in cell.get("outputs", []):
+            if output.get("output_type") in ("display_data", "execute_result"):
+                output.data = _clean_data(output.get("data"))
+                output.metadata = _clean_metadata(output.get("metadata"))
+        return cell, resources
+
+
+class FeedbackExporter(HTMLExporter):
+    """nbconvert's HTML exporter that never lets a notebook's HTML run: ``sanitize_html`` on, and every
+    Markdown text (cells, outputs, comments) cleaned by :func:`clean_html` as it is rendered."""
+
+    sanitize_html = Bool(True, help="clean the HTML of Markdown cells and outputs (always, for feedback)").tag(
+        config=True)
+
+    @pass_context
+    def markdown2html(self, context, source):
+        return clean_html(HTMLExporter.markdown2html(self, context, source))
+
+    def default_filters(self):
+        for name, value in super().default_filters():
+            yield (name, clean_html) if name == "clean_html" else (name, value)
+
+
+def configure_feedback(cfg: Any) -> None:
+    """Make ``GenerateFeedback`` (configured by ``cfg``, a traitlets ``Config``) write sanitized pages.
+
+    Adds :class:`SanitizeFeedback` before nbconvert's CSS preprocessor (or last) and makes
+    :class:`FeedbackExporter` the exporter, with :func:`clean_html` as the templates' ``clean_html`` filter.
+    """
+    preprocessors = list(cfg.GenerateFeedback.get("preprocessors", []))
+    if SanitizeFeedback not in preprocessors:
+        at = next((i for i, p in enumerate(preprocessors) if getattr(p, "__name__", "") == "CSSHTMLHeaderPreprocessor"),
+                  len(preprocessors))
+        preprocessors.insert(at, SanitizeFeedback)
+    cfg.GenerateFeedback.preprocessors = preprocessors
+    cfg.GenerateFeedback.exporter_class = FeedbackExporter
+    cfg.HTMLExporter.sanitize_html = True
+    cfg.HTMLExporter.filters = {**dict(cfg.HTMLExporter.get("filters", {})), "clean_html": clean_html}
