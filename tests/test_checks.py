@@ -185,6 +185,19 @@ def test_fake_cuda_runs_modules_and_catches_a_buffer_created_in_forward():
         testing.run_on_fake_cuda(AddsOffset(), x)
 
 
+def test_fake_cuda_converts_modules_inside_the_function_and_refuses_backward_passes():
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 2, 3), torch.nn.BatchNorm2d(2)).eval()
+    x = torch.randn(2, 3, 5, 5)
+    got = testing.run_on_fake_cuda(lambda m, t: m.to(torch.float64)(t.double()), net, x)
+    testing.assert_close(got, net.double()(x.double()))
+    assert not torch.__future__.get_swap_module_params_on_conversion()  # the global flag is restored
+    with pytest.raises(testing.FakeCudaUnsupported, match="backward"):
+        testing.run_on_fake_cuda(lambda t: (t * 2).sum().backward(), torch.randn(3, requires_grad=True))
+    with pytest.raises(testing.FakeCudaUnsupported):  # the author's limit, not the student's mistake
+        testing.check_devices_and_dtypes(lambda t: torch.autograd.grad((t * t).sum(), t)[0],
+                                         lambda dt: (torch.randn(3, dtype=dt, requires_grad=True),), meta=False)
+
+
 def _nails(x, s):
     out = x.new_zeros(*x.shape[:2], x.shape[2] * s, x.shape[3] * s)
     out[..., ::s, ::s] = x

@@ -18,7 +18,8 @@ the reference solution works. Mistakes of the test author (a wrong argument type
 - :func:`no_host_sync`: on CUDA, the function never makes the host wait for the GPU.
 - :func:`seed_everything`: seeds ``random``, NumPy and PyTorch.
 - :func:`run_on_fake_cuda`: runs a function on a simulated GPU (tensors that say ``cuda`` and
-  hold CPU data): a hard-coded device is caught without a GPU, value-dependent code runs.
+  hold CPU data): a hard-coded device is caught without a GPU, value-dependent code runs;
+  forward only (a backward pass raises :class:`FakeCudaUnsupported`).
 
 Checks for hidden tests, each one call in a graded cell (every failure message names the call,
 with argument shapes, dtypes, layout and device):
@@ -65,7 +66,7 @@ from .delegation import assert_no_delegation
 from .device_agnostic import check_device_agnostic
 from .device_dtype import check_devices_and_dtypes
 from .environment import devices, seed_everything
-from .fake_cuda import run_on_fake_cuda
+from .fake_cuda import FakeCudaUnsupported, run_on_fake_cuda
 from .forbidden import (
     CONVOLUTION_OPS, CROSS_ENTROPY_OPS, INTERPOLATION_OPS, UNPOOL_OPS, check_no_builtin, forbid_ops,
 )
@@ -80,6 +81,7 @@ __all__ = [
     "CONVOLUTION_OPS",
     "CROSS_ENTROPY_OPS",
     "Case",
+    "FakeCudaUnsupported",
     "INTERPOLATION_OPS",
     "UNPOOL_OPS",
     "assert_close",

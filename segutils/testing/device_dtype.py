@@ -22,7 +22,7 @@ from torch import Tensor
 
 from .device_agnostic import check_device_agnostic
 from .environment import devices as _devices
-from .fake_cuda import run_on_fake_cuda
+from .fake_cuda import FakeCudaUnsupported, run_on_fake_cuda
 from .host_sync import no_host_sync
 from .values import assert_close
 
@@ -69,6 +69,8 @@ def check_devices_and_dtypes(
     Raises:
         AssertionError: a wrong device, dtype, shape or value, or an error, with a message that
             names the device and dtype.
+        FakeCudaUnsupported: ``fn`` runs a backward pass, which the simulated GPU cannot: pass
+            ``fake_cuda=False`` for such functions.
     """
     if not callable(fn) or not callable(make_args):
         raise TypeError("check_devices_and_dtypes(fn, make_args, ...) needs two callables")
@@ -92,7 +94,7 @@ def check_devices_and_dtypes(
 
     for where, dtype in runs:
         cpu_args = list(make_args(dtype))
-        args = [a.clone() if isinstance(a, Tensor) else a for a in cpu_args]
+        args = [a.detach().clone().requires_grad_(a.requires_grad) if isinstance(a, Tensor) else a for a in cpu_args]
         dtype_name = str(dtype).removeprefix("torch.")
         context = f"{name} with inputs of dtype {dtype_name} on {where}"
         want_dtype = output_dtype or dtype
@@ -113,6 +115,8 @@ def check_devices_and_dtypes(
                         out = fn(*args)
                 else:
                     out = fn(*args)
+        except FakeCudaUnsupported:
+            raise  # a limit of the simulation: the test's author passes fake_cuda=False
         except AssertionError as error:
             raise AssertionError(f"{context}: {error}") from None
         except Exception as error:

@@ -29,7 +29,7 @@ from torch.utils._pytree import tree_flatten, tree_map
 
 from ._common import _describe, _op_name
 
-__all__ = ["run_on_fake_cuda"]
+__all__ = ["FakeCudaUnsupported", "run_on_fake_cuda"]
 
 _CUDA = torch.device("cuda", 0)
 _CPU = torch.device("cpu")
@@ -40,6 +40,11 @@ _CREATE_ON_DEVICE_HINT = (
     "pass device=x.device (and dtype=x.dtype) when you create a tensor, or use x.new_zeros(...), "
     "torch.zeros_like(x), ...; do not move tensors to the CPU (.cpu(), .numpy())"
 )
+
+
+class FakeCudaUnsupported(NotImplementedError):
+    """The function needs something the simulated GPU does not have (autograd's backward pass):
+    a limit of the check, not a mistake of the student."""
 
 
 class _FakeCudaTensor(Tensor):
@@ -125,16 +130,13 @@ def _to_fake(obj: Any) -> Any:
     """A copy of ``obj`` with every tensor (and module) on the simulated GPU."""
     if isinstance(obj, nn.Module):
         module = copy.deepcopy(obj)
-        for name, param in list(module.named_parameters(recurse=True)):
-            owner, _, attr = name.rpartition(".")
-            parent = module.get_submodule(owner) if owner else module
-            # A plain attribute, not an nn.Parameter: Parameter() of a wrapper tensor loses the wrapper.
-            parent._parameters.pop(attr)
-            setattr(parent, attr, _FakeCudaTensor(param.detach(), requires_grad=param.requires_grad))
-        for name, buf in list(module.named_buffers(recurse=True)):
-            owner, _, attr = name.rpartition(".")
-            parent = module.get_submodule(owner) if owner else module
-            parent._buffers[attr] = _FakeCudaTensor(buf)
+        for sub in module.modules():
+            for name, param in list(sub._parameters.items()):
+                if param is not None:  # Parameter() of a wrapper tensor keeps the wrapper (a flag marks it)
+                    sub._parameters[name] = nn.Parameter(_FakeCudaTensor(param.detach()), param.requires_grad)
+            for name, buf in list(sub._buffers.items()):
+                if buf is not None:
+                    sub._buffers[name] = _FakeCudaTensor(buf)
         return module
     if isinstance(obj, Tensor):
         return _FakeCudaTensor(obj.detach(), requires_grad=obj.requires_grad and obj.is_leaf)
@@ -186,21 +188,40 @@ def run_on_fake_cuda(fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> An
             without ``device=``, on a hard-coded device, or moved with ``.cpu()``), ``.numpy()``
             was called on a GPU tensor, or the output holds a CPU tensor. Any other exception of
             ``fn`` propagates unchanged (with its type), so that value errors are told apart.
+        FakeCudaUnsupported: ``fn`` runs autograd's backward pass, which is not simulated.
         TypeError: ``fn`` is not callable.
     """
     if not callable(fn):
         raise TypeError(f"fn must be callable, got {type(fn).__name__}")
     what = _describe(fn)
     fake_fn, fake_args, fake_kwargs = _to_fake(fn), _to_fake(args), _to_fake(kwargs)
+    # Module conversions (model.to(torch.float64)) swap parameters instead of assigning .data, which
+    # would change the wrapper's metadata without its data.
+    swap = torch.__future__.get_swap_module_params_on_conversion()
+    torch.__future__.set_swap_module_params_on_conversion(True)
+    try:
+        output = _run(fake_fn, fake_args, fake_kwargs, what)
+    finally:
+        torch.__future__.set_swap_module_params_on_conversion(swap)
+    return _from_fake(output, "", what)
+
+
+def _run(fake_fn: Callable[..., Any], fake_args: Any, fake_kwargs: Any, what: str) -> Any:
     # FakeTensorMode is entered only so that PyTorch's Python bindings create "cuda" factories
     # without a CUDA driver; _FakeCudaMode, above it, handles every operator on real CPU data.
     # cuDNN off: composite operators (batch_norm) would otherwise pick cuDNN kernels for "cuda" inputs.
     with FakeTensorMode(), _FakeCudaMode(), torch.backends.cudnn.flags(enabled=False):
         try:
             output = fake_fn(*fake_args, **fake_kwargs)
+        except RuntimeError as error:
+            if "hasPrimaryContext" in str(error) or "device_index" in str(error):
+                raise FakeCudaUnsupported(
+                    "run_on_fake_cuda does not simulate autograd's backward pass on a GPU (backward(), "
+                    "torch.autograd.grad): check this function's devices without it (fake_cuda=False)") from error
+            raise
         except TypeError as error:
             if "numpy" in str(error) and "cuda" in str(error):
                 raise AssertionError(f"{what} called .numpy() on a GPU tensor ({error}): keep the computation in "
                                      f"tensor operations on the inputs' device") from error
             raise
-    return _from_fake(output, "", what)
+    return output
