@@ -1,9 +1,9 @@
 """Tests of ``segutils audit``: a toy nbgrader assignment, written here, with a weak and a strong test.
 
 ``clip(x, lo=0, hi=10)`` is the graded function. The weak test calls ``clip(5)`` only, so most mutants
-(``hi=11``, ``min`` -> ``max``...) survive it; the strong test probes both bounds and kills them. ``max(lo, ...)``
-or ``min(x, hi)`` with their arguments swapped compute the same: it survives both, until it is listed in
-``audit_equivalent.toml``.
+(``hi=11``, ``lo > hi`` -> ``lo >= hi``...) survive it; the strong tests probe both bounds and the input check,
+and kill them. ``max(lo, ...)`` or ``min(x, hi)`` with their arguments swapped compute the same: those two
+survive every test until they are listed in ``audit_equivalent.toml``.
 """
 from __future__ import annotations
 
