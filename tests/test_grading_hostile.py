@@ -117,8 +117,17 @@ def test_no_hidden_test_text_reaches_the_feedback(graded, student):
         for hidden in attacks.HIDDEN_SOURCE:
             assert hidden not in text, f"{path.name} of {student} shows hidden-test source {hidden!r}"
         assert "LEAK:" not in text, f"{path.name} of {student} shows something an attack found"
-        assert attacks.RECORDED_MARKER not in text or student != "records_hidden_inputs"
+        assert attacks.RECORDED_MARKER not in text, f"{student}'s feedback shows the inputs it recorded"
         assert "square(-2)" not in text.replace("square(-2) should be 4", "")
+
+
+def test_the_recording_attack_did_record_the_hidden_inputs(graded):
+    # Positive control of the feedback check above: the marker is in the autograded notebook (instructors
+    # only) with the hidden test's input -2, so its absence from the feedback is the redaction's doing.
+    course, _ = graded
+    autograded = course / "autograded" / "records_hidden_inputs" / cases.ASSIGNMENT / f"{cases.ASSIGNMENT}.ipynb"
+    text = autograded.read_text()
+    assert attacks.RECORDED_MARKER in text and "'-2'" in text
 
 
 def test_the_student_process_never_held_a_hidden_test(graded):

@@ -416,3 +416,22 @@ def test_only_the_student_side_accepts_module_copies():
     fake = _message({"t": "module", "m": "os", "n": "system", "mid": None, "state": {"t": "dict", "v": []}})
     with pytest.raises(CodecError, match="not one of torch.nn or segutils"):
         decode(fake, modules=lambda mid, m: None)
+
+
+def test_a_test_watching_the_dispatcher_around_a_proxied_call_is_told_why_it_cannot():
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Watch(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            return func(*args, **(kwargs or {}))
+
+    with student({"double": lambda t: t * 2}) as lookup:
+        remote = lookup("double")
+        with pytest.raises(RuntimeError, match="watches PyTorch's dispatcher"):
+            with Watch():
+                remote(torch.ones(2))
+        from segutils import testing
+
+        probes.install()
+        with testing.forbid_ops("aten.add"):  # segutils.testing's own modes are fine: the call runs under them remotely
+            assert torch.equal(remote(torch.ones(2)), torch.full((2,), 2.0))

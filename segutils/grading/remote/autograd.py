@@ -51,6 +51,13 @@ def call(endpoint: Any, target: Any, args: tuple, kwargs: dict) -> Any:
     """Call the student's ``target`` with ``args``/``kwargs``; through the bridge when gradients may flow."""
     from segutils.grading.remote import probes
 
+    foreign = _foreign_dispatch_modes()
+    if foreign:
+        raise RuntimeError(
+            f"this test watches PyTorch's dispatcher ({', '.join(foreign)}) around a call of the student's code, "
+            "which runs in the student's process in two-process grading, where the grader cannot see it: use the "
+            "segutils.testing checks (count_ops, forbid_ops, run_on_fake_cuda, check_devices_and_dtypes...), "
+            "which run where the code runs")
     if probes.ACTIVE:
         return probes.remote_call(endpoint, target, args, kwargs)
     inputs = [t for t in tensors_in((args, kwargs)) if t.requires_grad]
@@ -61,6 +68,14 @@ def call(endpoint: Any, target: Any, args: tuple, kwargs: dict) -> Any:
     value = box.pop("value")
     differentiable = iter(outputs[:-1])  # the last one is a placeholder (see _Bridge.forward)
     return replace_tensors(value, differentiable)
+
+
+def _foreign_dispatch_modes() -> list[str]:
+    """The dispatch modes active in this (the grader's) process other than those of ``segutils.testing``."""
+    from torch.utils._python_dispatch import _get_current_dispatch_mode_stack
+
+    return [type(m).__name__ for m in _get_current_dispatch_mode_stack()
+            if not type(m).__module__.startswith("segutils.testing")]
 
 
 class _Bridge(torch.autograd.Function):

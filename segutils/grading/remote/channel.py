@@ -164,11 +164,14 @@ class Endpoint:
 
     def encode(self, value: Any) -> bytes:
         # The grader's modules (a classifier a test built) travel as copies the student's code can inspect.
-        return encode(value, export=self.export, limits=self.limits, modules_by_value=self.side == "g")
+        # The channel's own tensor operations are outside any dispatch mode a check has active.
+        with _no_dispatch_modes():
+            return encode(value, export=self.export, limits=self.limits, modules_by_value=self.side == "g")
 
     def decode(self, data: bytes) -> Any:
-        return decode(data, resolve=self.resolve, limits=self.limits,
-                      modules=self._on_module if self.side == "s" else None)
+        with _no_dispatch_modes():
+            return decode(data, resolve=self.resolve, limits=self.limits,
+                          modules=self._on_module if self.side == "s" else None)
 
     def _on_module(self, mid: int | None, module: Any) -> None:
         self._received.append((mid, module))
@@ -333,6 +336,13 @@ class Endpoint:
     def close(self) -> None:
         self.closed = True
         self.channel.close()
+
+
+def _no_dispatch_modes() -> Any:
+    """A context without the active ``TorchDispatchMode`` s (operator counters see only the code under test)."""
+    from torch.utils._python_dispatch import _disable_current_modes
+
+    return _disable_current_modes()
 
 
 def _arity(fn: Any) -> int | None:
