@@ -16,7 +16,7 @@ import yaml
 
 from conftest import BOOK_GROUP, ROOT, BookBuild
 
-CHAPTERS = 9
+CHAPTERS = 10
 TOC = ROOT / "_toc.yml"
 #: jupyter-cache's folder (``execute.cache`` of _config.yml), where the build records each execution.
 EXECUTION_CACHE = ROOT / yaml.safe_load((ROOT / "_config.yml").read_text())["execute"]["cache"]
