@@ -103,7 +103,9 @@ def test_a_strong_test_kills_them_and_the_equivalent_file_explains_the_rest(tmp_
         report.text())  # only the swapped arguments of max and min survive
     assert any(m.status == "killed" and "hi=11" in m.diff for m in report.mutants)
 
-    (solutions / "toy" / "audit_equivalent.toml").write_text(
+    listed = tmp_path / "tests" / "fixtures" / "toy" / "audit_equivalent.toml"  # the default place
+    listed.parent.mkdir(parents=True)
+    listed.write_text(
         "".join(f'[[equivalent]]\nid = "{m.id}"\nreason = "max and min are symmetric"\n\n' for m in left))
     report = audit_assignment("toy", solutions=solutions, jobs=2, timeout=30)
     assert report.ok and not report.survivors, report.text()
@@ -151,6 +153,14 @@ def test_the_command_line_exit_status_and_json(tmp_path, capsys):
                                            ("equivalent = [", "not valid TOML")])
 def test_a_broken_equivalents_file_is_an_error(tmp_path, text, problem):
     solutions = write_assignment(tmp_path, {"clip_weak": WEAK_TEST})
-    (solutions / "toy" / "audit_equivalent.toml").write_text(text)
+    listed = tmp_path / "tests" / "fixtures" / "toy" / "audit_equivalent.toml"
+    listed.parent.mkdir(parents=True)
+    listed.write_text(text)
     with pytest.raises(ValueError, match=problem):
         audit_assignment("toy", solutions=solutions, jobs=1)
+
+
+def test_no_equivalents_file_sits_where_nbgrader_would_release_it():
+    """nbgrader generate_assignment copies every file of solutions/<id>/ into the student release."""
+    solutions = Path(__file__).resolve().parents[1] / "solutions"
+    assert not list(solutions.glob("*/audit_equivalent.toml")), "move it to tests/fixtures/<id>/"

@@ -8,7 +8,7 @@ a time (:mod:`segutils.audit.mutants`), adds the hand-written wrong and alternat
 parallel worker processes with a per-mutant time limit (:mod:`segutils.audit.runner`), and
 reports the mutants that no test cell catches, with a diff of each. A mutant that cannot be
 caught because it computes the same thing (``max(a, b)`` for ``max(b, a)``) is listed, with the
-reason, in ``solutions/<id>/audit_equivalent.toml`` (:mod:`segutils.audit.equivalents`); the
+reason, in ``tests/fixtures/<id>/audit_equivalent.toml`` (:mod:`segutils.audit.equivalents`); the
 report counts those apart.
 
 Python API: :func:`~segutils.audit.run.audit_assignment` returns an

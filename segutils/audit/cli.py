@@ -38,7 +38,7 @@ def add_audit_parser(commands: argparse._SubParsersAction) -> None:
     audit.add_argument("--solutions", default="solutions", help="folder of the source notebooks (default: solutions)")
     audit.add_argument("--fixtures", default=None, help="folder of fixtures (default: tests/fixtures/ASSIGNMENT)")
     audit.add_argument("--equivalents", default=None,
-                       help="list of equivalent mutants (default: SOLUTIONS/ASSIGNMENT/audit_equivalent.toml)")
+                       help="list of equivalent mutants (default: audit_equivalent.toml in the fixtures folder)")
     audit.add_argument("--functions", default=None, help="comma-separated graded functions to mutate (default: all)")
     audit.add_argument("--max-mutants", type=int, default=None, help="run at most this many, spread over the functions")
     audit.add_argument("--jobs", type=int, default=max(1, (os.cpu_count() or 2) - 1), help="worker processes")

@@ -1,6 +1,8 @@
 """The list of surviving mutants an instructor has judged equivalent, ``audit_equivalent.toml``.
 
-The file sits next to the solution notebook (``solutions/<id>/audit_equivalent.toml``)::
+The file sits with the fixtures (``tests/fixtures/<id>/audit_equivalent.toml``), not next to the source
+notebook: ``nbgrader generate_assignment`` copies every file of ``solutions/<id>/`` into the student
+release, and this one quotes the reference solution::
 
     # Mutants that compute what the reference computes; the audit does not count them as missed.
     [[equivalent]]

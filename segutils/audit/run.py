@@ -121,7 +121,8 @@ def audit_assignment(
         solutions: the folder of the source notebooks.
         fixtures: the folder of hand-written answers (default: ``tests/fixtures/<id>`` next to
             ``solutions``, when it exists).
-        equivalents: the list of equivalent mutants (default: ``solutions/<id>/audit_equivalent.toml``).
+        equivalents: the list of equivalent mutants (default: ``audit_equivalent.toml`` in the fixtures
+            folder; not in ``solutions/<id>/``, which nbgrader copies into the student release).
         functions: only mutate these graded functions (default: all).
         max_mutants: run at most this many mutants, spread over the functions.
         seed: which sample ``max_mutants`` takes (another seed, another sample).
@@ -145,7 +146,7 @@ def audit_assignment(
                          f"graded: {sorted(graded)}")
     fixture_dir = Path(fixtures) if fixtures is not None else Path(solutions).resolve().parent / "tests" / "fixtures" / assignment
     fixture_list: list[Fixture] = read_fixtures(fixture_dir)
-    listed = read_equivalents(Path(equivalents) if equivalents is not None else folder / FILE_NAME)
+    listed = read_equivalents(Path(equivalents) if equivalents is not None else fixture_dir / FILE_NAME)
 
     by_grade_id = {c.grade_id: c for c in cells if c.kind == "solution"}
     all_mutants = [m for c in cells if c.kind == "solution"
