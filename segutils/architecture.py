@@ -17,12 +17,13 @@ from torch.nn import functional as F
 from torchvision.models import mobilenet_v3_large, resnet50
 from torchvision.models.segmentation.deeplabv3 import ASPP
 
+from segutils.metrics import boundary_band
 from segutils.pretrained import coarse_logits
 from segutils.receptive_field import Layer, receptive_field
 
 __all__ = [
     "StageStride", "ReceptiveField", "stage_strides", "output_stride", "receptive_field_of", "upsampling_variants",
-    "boundary_band", "seconds_per_call", "upsampling_disagreement", "busiest_box",
+    "seconds_per_call", "upsampling_disagreement", "busiest_box",
 ]
 
 # The classification networks the segmentation backbones were made from (same layer names).
@@ -179,21 +180,6 @@ def upsampling_variants(coarse: Tensor, size: tuple[int, int]) -> dict[str, Tens
     }
 
 
-def boundary_band(mask: Tensor, width: int) -> Tensor:
-    """Pixels of ``mask`` ``(H, W)`` within ``width`` pixels (Chebyshev distance) of a change of class, as bool ``(H, W)``."""
-    if width < 0:
-        raise ValueError(f"width must be >= 0, got {width}")
-    m = mask.long()
-    edge = torch.zeros_like(m, dtype=torch.bool)
-    edge[:, 1:] |= m[:, 1:] != m[:, :-1]
-    edge[:, :-1] |= m[:, 1:] != m[:, :-1]
-    edge[1:, :] |= m[1:, :] != m[:-1, :]
-    edge[:-1, :] |= m[1:, :] != m[:-1, :]
-    if width == 0:
-        return edge
-    return F.max_pool2d(edge[None, None].float(), 2 * width + 1, stride=1, padding=width)[0, 0].bool()
-
-
 def seconds_per_call(fn: Callable[[], object], repeats: int = 3) -> float:
     """Median wall time of ``fn()`` over ``repeats`` calls after one warm-up call, without gradients."""
     with torch.no_grad():
@@ -210,13 +196,13 @@ def upsampling_disagreement(coarse: Tensor, size: tuple[int, int], width: int) -
     """How far ``"nearest"`` and ``"bilinear probabilities"`` (:func:`upsampling_variants`) stray from the model's own path.
 
     Returns, for each of the two, ``"share"``: the fraction of all pixels whose class differs from the model's
-    own prediction, and ``"in_band"``: the fraction of those differing pixels that lie within ``width`` pixels
-    of a class boundary of the model's own prediction (NaN when none differ); plus ``"band"``: ``{"share": }``
-    the fraction of the image that band covers.
+    own prediction, and ``"in_band"``: the fraction of those differing pixels that lie in the model's own
+    prediction's :func:`segutils.metrics.boundary_band` of ``width`` pixels (within ``width`` pixels of another
+    class; NaN when none differ); plus ``"band"``: ``{"share": }`` the fraction of the image that band covers.
     """
     variants = upsampling_variants(coarse, size)
     own = variants["model's own"]
-    band = boundary_band(own, width)
+    band = boundary_band(own[None], width, ignore_index=None)[0]
     result = {"band": {"share": band.float().mean().item()}}
     for label in ("nearest", "bilinear probabilities"):
         differ = variants[label] != own

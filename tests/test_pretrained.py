@@ -271,15 +271,15 @@ def test_upsampling_variants_against_plain_references():
     assert (variants["bilinear probabilities"] != variants["nearest"]).any()
 
 
-def test_boundary_band_and_disagreement():
-    mask = torch.zeros(10, 10, dtype=torch.long)
-    mask[:, 5:] = 1
-    assert arch.boundary_band(mask, 0)[:, 4:6].all() and arch.boundary_band(mask, 0).sum() == 20
-    assert arch.boundary_band(mask, 2).sum() == 60  # columns 2..7
+def test_upsampling_disagreement_lies_at_the_boundary():
     coarse = torch.zeros(1, 2, 2, 2)
     coarse[0, 1, :, 1] = 1.0  # right half class 1: all three paths agree except near the middle
     result = arch.upsampling_disagreement(coarse, (16, 16), width=8)
     assert result["nearest"]["share"] > 0 and result["nearest"]["in_band"] == 1.0
+    # The model's own boundary lies between columns 3 and 4, nearest's between 7 and 8: a band of one pixel
+    # around the former holds only part of the columns where they disagree.
+    narrow = arch.upsampling_disagreement(coarse, (16, 16), width=1)
+    assert 0 < narrow["nearest"]["in_band"] < 1 and narrow["band"]["share"] < result["band"]["share"]
 
 
 def test_busiest_box_finds_the_dense_corner():
