@@ -288,10 +288,11 @@ class Segmentation:
 
 
 def segment(model: nn.Module, image: Tensor, name: str) -> Segmentation:
-    """Run ``model`` (on the CPU) once on an image ``(3, H, W)`` in ``[0, 1]`` and keep its intermediate results."""
+    """Run ``model`` once on an image ``(3, H, W)`` in ``[0, 1]`` and keep its intermediate results (on the CPU)."""
+    device = next(model.parameters()).device
     with torch.no_grad():
         x = preprocess(image, name)
-        coarse = coarse_logits(model, x)
+        coarse = coarse_logits(model, x.to(device)).cpu()
         own = F.interpolate(coarse, size=x.shape[-2:], mode="bilinear", align_corners=False)  # = model(x)["out"]
         logits = F.interpolate(own, size=image.shape[-2:], mode="bilinear", align_corners=False)
     return Segmentation(x, coarse, logits)
