@@ -435,3 +435,17 @@ def test_a_test_watching_the_dispatcher_around_a_proxied_call_is_told_why_it_can
         probes.install()
         with testing.forbid_ops("aten.add"):  # segutils.testing's own modes are fine: the call runs under them remotely
             assert torch.equal(remote(torch.ones(2)), torch.full((2,), 2.0))
+
+
+def test_only_the_students_own_names_are_offered():
+    from segutils.grading.remote.student import student_namespace
+
+    ns = {"In": [], "Out": {}, "_": 1, "__": 2, "_i": "", "_ii": "", "_i7": "", "_7": 3, "_ih": [], "_oh": {},
+          "_dh": [], "get_ipython": None, "_index": 4, "_im2col": 5, "square": 6, "__builtins__": None}
+    assert set(student_namespace(ns)) == {"_index", "_im2col", "square", "__builtins__"}
+
+
+def test_exit_and_interrupt_from_the_student_arrive_as_ordinary_exceptions():
+    for error in (SystemExit(3), KeyboardInterrupt(), BaseException("x")):
+        got = roundtrip(error)
+        assert type(got) is Exception

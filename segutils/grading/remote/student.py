@@ -9,6 +9,7 @@ decodes what it sends as data only.
 """
 from __future__ import annotations
 
+import re
 import socket
 from segutils.grading.remote.autograd import GraphStore
 from segutils.grading.remote.channel import Channel, Endpoint, Policy
@@ -18,10 +19,14 @@ from segutils.grading.remote.proxy import student_side_proxy
 _IPYTHON_NAMES = frozenset({"In", "Out", "get_ipython", "exit", "quit", "open"})
 
 
+#: IPython's history names: ``_``, ``__``, ``___``, ``_i``, ``_ii``, ``_iii``, ``_i3``, ``_3``, ``_ih``, ``_oh``, ``_dh``.
+_HISTORY = re.compile(r"^(_{1,3}|_i{1,3}|_i\d+|_\d+|_ih|_oh|_dh)$")
+
+
 def student_namespace(namespace: dict) -> dict:
     """The names the student's cells bound (IPython's history and helpers left out)."""
-    return {k: v for k, v in namespace.items() if isinstance(k, str) and k not in _IPYTHON_NAMES
-            and not (k.startswith("_") and (k.lstrip("_").isdigit() or k in ("_", "__", "___") or k.startswith(("_i", "_o", "_dh", "_ih", "_oh"))))}
+    return {k: v for k, v in namespace.items()
+            if isinstance(k, str) and k not in _IPYTHON_NAMES and not _HISTORY.match(k)}
 
 
 _ENDPOINT: Endpoint | None = None
