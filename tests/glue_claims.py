@@ -1,0 +1,89 @@
+"""Glued words against glued numbers: a chapter's verdict words must follow its measurements.
+
+The chapters glue a word ("raise", "far above", ...) chosen by a rule from measured values,
+and glue the values too. :func:`contradictions` reads both from an executed notebook and
+re-applies each rule, written here independently of the chapters' code, so a sentence can
+never claim an improvement that the numbers next to it contradict.
+"""
+from __future__ import annotations
+
+import ast
+from collections.abc import Callable
+from pathlib import Path
+
+import nbformat
+
+GLUE_PREFIX = "application/papermill.record/"
+
+
+def glued_values(path: Path) -> dict[str, object]:
+    """``{name: value}`` of every ``glue(...)`` in an executed notebook (text/plain, parsed as a literal)."""
+    values: dict[str, object] = {}
+    for cell in nbformat.read(path, as_version=4).cells:
+        for output in cell.get("outputs", []):
+            scrap = output.get("metadata", {}).get("scrapbook")
+            if not scrap:
+                continue
+            data = output.get("data", {})
+            text = data.get(scrap.get("mime_prefix", "") + "text/plain", data.get(GLUE_PREFIX + "text/plain"))
+            try:
+                values[scrap["name"]] = ast.literal_eval(text)
+            except (ValueError, SyntaxError, TypeError):
+                values[scrap["name"]] = text
+    return values
+
+
+def _beyond(diff: float, spread: float, words: dict[str, str]) -> str:
+    return words["up"] if diff > spread else words["down"] if diff < -spread else words["same"]
+
+
+def _versus_background(gain: float) -> str:
+    return "no better than" if gain < 0.005 else "barely above" if gain < 0.05 else "above" if gain < 0.2 else "far above"
+
+
+CH7_RAISE = {"up": "raise", "down": "lower", "same": "do not change"}
+
+#: chapter -> list of (words key, the value keys, rule giving the words the values allow).
+RULES: dict[str, list[tuple[str, tuple[str, ...], Callable[..., str]]]] = {
+    "04_fully_convolutional": [
+        ("patch_verdict", ("patch_gain",), _versus_background),
+        ("plain_verdict", ("plain_gain",), _versus_background),
+    ],
+    "07_encoder_decoder": [
+        (f"ch7_skip_{what}_words", (f"ch7_skip_diff_{column}", f"ch7_skip_spread_{column}"),
+         lambda d, s: _beyond(d, s, CH7_RAISE))
+        for what, column in [("miou", "mIoU"), ("edge", "edge_mIoU"), ("bf", "object_boundary_F"), ("shape", "shape_accuracy")]
+    ] + [
+        ("ch7_unet_miou_words", ("ch7_unet_diff_mIoU", "ch7_unet_spread_mIoU"),
+         lambda d, s: _beyond(d, s, {"up": "is better than", "down": "is worse than", "same": "is not different"})),
+        ("ch7_unet_bf_words", ("ch7_unet_diff_object_boundary_F", "ch7_unet_spread_object_boundary_F"),
+         lambda d, s: _beyond(d, s, {"up": "better", "down": "worse", "same": "no differently"})),
+    ],
+    "08_putting_it_together": [
+        ("ch8_rho_words", ("ch8_rho",), lambda rho: "the larger the receptive field" if rho > 0.7
+         else "a larger receptive field tends" if rho > 0.3 else "the receptive field alone does not"),
+    ],
+}
+
+
+def contradictions(chapter: str, path: Path) -> list[str]:
+    """Every glued verdict of ``chapter`` that does not start with what its numbers allow."""
+    values = glued_values(path)
+    problems = []
+    for words_key, value_keys, rule in RULES[chapter]:
+        missing = [k for k in (words_key, *value_keys) if k not in values]
+        if missing:
+            problems.append(f"{chapter}: glue keys missing: {missing}")
+            continue
+        expected = rule(*(float(values[k]) for k in value_keys))
+        if not str(values[words_key]).startswith(expected):
+            problems.append(f"{chapter}: {words_key} = {values[words_key]!r}, but "
+                            f"{dict((k, values[k]) for k in value_keys)} allow only {expected!r}")
+    return problems
+
+
+RULES["07_encoder_decoder"] += [
+    ("ch7_find_vs_name", ("ch7_object_iou", "ch7_class_miou"), lambda o, c: "better than" if o > c else "no better than"),
+    ("ch7_dominance_words", ("ch7_object_iou", "ch7_class_miou"),
+     lambda o, c: "that decision, not the placement of edges, dominates" if o - c > 0.1 else "finding the objects and"),
+]
