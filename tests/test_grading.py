@@ -663,3 +663,24 @@ def test_segutils_grade_is_a_subcommand():
         "a1", 3, False, ["x", "y"], True, "postgresql://h/db")
     with pytest.raises(SystemExit):
         build_parser().parse_args(["grade", "a1", "--workers", "0"])
+
+
+def test_the_new_caps_reach_the_batch_options(monkeypatch, capsys):
+    from segutils.cli import build_parser
+    from segutils.grading import batch
+
+    seen = []
+
+    def fake_grade(options):
+        seen.append(options)
+        return batch.BatchSummary(problems=["evil\x1b[2J.zip: neither <student>.ipynb nor <student>.zip; skipped"])
+
+    monkeypatch.setattr(batch, "grade_assignment", fake_grade)
+    args = build_parser().parse_args(["grade", "a1", "--workers", "1", "--tmp-size", "8", "--shm-size", "4",
+                                      "--max-cells", "10", "--max-depth", "20", "--no-progress"])
+    assert args.run(args) == 0
+    options = seen[0]
+    assert (options.limits["tmp_bytes"], options.limits["shm_bytes"]) == (8 << 20, 4 << 20)
+    assert (options.max_cells, options.max_depth) == (10, 20)
+    assert "evil\\x1b[2J.zip" in capsys.readouterr().out  # the export's file name, escaped on the terminal
+    assert sandbox.Limits.from_dict({**sandbox.Limits().to_dict(), **options.limits}).shm_bytes == 4 << 20

@@ -161,7 +161,7 @@ def write_report(path: Path, assignment: str, results: Iterable[dict], meta: dic
     for r in summary["results"]:
         flags = []
         if r.get("status") in ("rejected", "failed"):
-            flags.append(f"{r['status']}: {_e(r.get('message', ''))}")
+            flags.append(f"{_e(r['status'])}: {_e(r.get('message', ''))}")
         for gid, cell in r.get("cells", {}).items():
             if cell.get("tampered"):
                 flags.append(f"{_e(gid)}: replaced while the test ran: {_e(', '.join(cell['tampered']))} (scored 0)")
