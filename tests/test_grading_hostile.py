@@ -123,11 +123,11 @@ def test_no_hidden_test_text_reaches_the_feedback(graded, student):
 
 def test_the_recording_attack_did_record_the_hidden_inputs(graded):
     # Positive control of the feedback check above: the marker is in the autograded notebook (instructors
-    # only) with the hidden test's input -2, so its absence from the feedback is the redaction's doing.
+    # only) with the input 1.5 of the hidden-only test, so its absence from the feedback is the redaction's doing.
     course, _ = graded
     autograded = course / "autograded" / "records_hidden_inputs" / cases.ASSIGNMENT / f"{cases.ASSIGNMENT}.ipynb"
     text = autograded.read_text()
-    assert attacks.RECORDED_MARKER in text and "'-2'" in text
+    assert attacks.RECORDED_MARKER in text and "'1.5'" in text
 
 
 def test_the_student_process_never_held_a_hidden_test(graded):
@@ -143,3 +143,17 @@ def test_the_student_process_never_held_a_hidden_test(graded):
             for output in cell.get("outputs", []):
                 text = str(output.get("text", "")) + str(output.get("data", ""))
                 assert "LEAK:" not in text, f"{student}: {text[:500]}"
+
+
+def test_the_attacks_leak_detector_finds_the_hidden_tests_where_they_are(capsys):
+    # Positive control of the "LEAK:" checks: run against the source notebook (what an in-process grader's
+    # working directory holds), the attacks' detector prints the marker; on the release (no hidden test), not.
+    namespace: dict = {}
+    exec(attacks._FIND_HIDDEN, namespace)  # noqa: S102 - the fixture's own code
+    namespace["_leak"]((cases.MINI_COURSE / "solutions" / "mini" / "mini.ipynb").read_text())
+    assert "LEAK:" in capsys.readouterr().out
+    release = nbformat.read(cases.MINI_COURSE / "solutions" / "mini" / "mini.ipynb", as_version=4)
+    for cell in release.cells:
+        cell.source = cell.source.split("### BEGIN HIDDEN TESTS")[0]
+    namespace["_leak"](nbformat.writes(release))
+    assert "LEAK:" not in capsys.readouterr().out
