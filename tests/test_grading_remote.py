@@ -449,3 +449,25 @@ def test_exit_and_interrupt_from_the_student_arrive_as_ordinary_exceptions():
     for error in (SystemExit(3), KeyboardInterrupt(), BaseException("x")):
         got = roundtrip(error)
         assert type(got) is Exception
+
+
+def test_the_grader_runs_the_locked_cells_that_use_only_its_own_names():
+    import nbformat
+
+    from segutils.grading.preprocessors import cell_plan, grader_cells
+
+    def code(source, gid, **flags):
+        meta = {"grade_id": gid, "locked": True, "grade": False, "solution": False, "schema_version": 3, **flags}
+        return nbformat.v4.new_code_cell(source, metadata={"nbgrader": meta})
+
+    nb = nbformat.v4.new_notebook(cells=[
+        code("import torch\nfrom torch import nn", "setup"),
+        code("def train_model(m):\n    return m", "answer", locked=False, solution=True),
+        code("def helper(n):\n    return nn.Linear(n, n)", "helpers"),
+        code("model = nn.Linear(2, 2)\nlosses = train_model(model)", "training"),  # the student's train_model
+        code("assert helper(2)(torch.ones(2)).shape == (2,)\nassert len(losses) == 2", "test", grade=True, points=1),
+        code("%matplotlib inline\nx = (", "broken"),
+    ])
+    got = grader_cells(nb, cell_plan(nb)[0])
+    assert [c["index"] for c in got] == [0, 2, 4]
+    assert [c["kind"] for c in got] == ["locked", "locked", "graded"]
