@@ -12,7 +12,7 @@ export PATH := $(BIN):$(PATH)
 PIP_FILTER := { grep -v 'is ignored: it is neither a file nor a directory' || true; }
 PYTEST_WORKERS ?= 2
 
-.PHONY: setup system-packages book test bench assignments clean
+.PHONY: setup system-packages book test bench assignments clean gpu-check
 
 # The book build of `make book`, tests/test_book.py and .github/workflows/pages.yml. Strict: any warning,
 # broken reference or failing cell fails it. Notebooks are executed through jupyter-cache
@@ -72,3 +72,8 @@ bench: $(STAMP)
 
 clean:
 	rm -rf _build .pytest_cache test-artifacts
+
+# Everything that needs a CUDA GPU (CUDA-only tests, the assignments' hidden tests on the GPU in float16/bfloat16,
+# a GPU grading batch, training with mixed precision), with a summary; fails without a GPU. See tools/gpu_check.py.
+gpu-check: $(STAMP)
+	$(BIN)/python tools/gpu_check.py
