@@ -471,3 +471,25 @@ def test_the_grader_runs_the_locked_cells_that_use_only_its_own_names():
     got = grader_cells(nb, cell_plan(nb)[0])
     assert [c["index"] for c in got] == [0, 2, 4]
     assert [c["kind"] for c in got] == ["locked", "locked", "graded"]
+
+
+def test_two_process_grading_is_chosen_on_the_command_line_or_in_the_course(tmp_path):
+    pytest.importorskip("nbgrader")
+    import argparse
+
+    from segutils.grading.cli import add_grade_parser
+    from segutils.grading.runner import GradingOptions, nbgrader_config
+
+    config = tmp_path / "nbgrader_config.py"
+    config.write_text("c = get_config()\n")
+    kwargs = dict(root=tmp_path, db_url="sqlite://", cell_order={}, release_sources={})
+    assert nbgrader_config(config, options=GradingOptions(), **kwargs).SandboxedExecute.get("two_process") in (None, False)
+    assert nbgrader_config(config, options=GradingOptions(two_process=True), **kwargs).SandboxedExecute.two_process
+    config.write_text("c = get_config()\nc.SandboxedExecute.two_process = True\n")
+    assert nbgrader_config(config, options=GradingOptions(), **kwargs).SandboxedExecute.two_process
+    assert GradingOptions(two_process=True).fingerprint() != GradingOptions().fingerprint()
+    assert "two_process" not in GradingOptions().fingerprint()  # earlier batches' states stay valid
+    parser = argparse.ArgumentParser()
+    add_grade_parser(parser.add_subparsers())
+    assert parser.parse_args(["grade", "a1", "--two-process"]).two_process
+    assert not parser.parse_args(["grade", "a1"]).two_process

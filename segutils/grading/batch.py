@@ -50,6 +50,7 @@ class BatchOptions:
     progress: bool = True
     max_cells: int = MAX_CELLS
     max_depth: int = MAX_DEPTH
+    two_process: bool = False
 
 
 @dataclass
@@ -244,7 +245,7 @@ def _grade_with(pool: Any, options: BatchOptions, *, course: Path, cfg: Any, lay
 
     grading_options = GradingOptions(sandbox=options.sandbox, limits=dict(options.limits), timeout=options.timeout,
                                      redact_hidden=options.redact_hidden, gpu=None, max_cells=options.max_cells,
-                                     max_depth=options.max_depth)
+                                     max_depth=options.max_depth, two_process=options.two_process)
     course_modules = _course_modules(course)
     fingerprint = state.assignment_fingerprint(db_url, options.assignment)
     config_text = config_file.read_text(encoding="utf-8") if config_file.is_file() else ""

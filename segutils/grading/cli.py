@@ -70,6 +70,9 @@ def add_grade_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentP
                         help="reject notebooks whose JSON nests deeper than this (default 100)")
     parser.add_argument("--redact-hidden", action="store_true",
                         help="keep the hidden tests' source out of the feedback (pass/fail and messages stay)")
+    parser.add_argument("--two-process", action="store_true",
+                        help="run the tests in a grader process of their own, never in the student's kernel "
+                             "(see the grading appendix; also c.SandboxedExecute.two_process in the course config)")
     parser.add_argument("--force", action="store_true", help="regrade students whose submission did not change")
     parser.add_argument("--student", action="append", default=[], metavar="ID",
                         help="grade only this student (repeatable); the others' grades are not touched")
@@ -111,7 +114,7 @@ def run_grade(args: argparse.Namespace) -> int:
         assignment=args.assignment, course=args.course_dir, submissions=args.submissions, workers=workers,
         db_url=args.db_url, scheduler=args.scheduler, sandbox=args.sandbox, timeout=args.timeout,
         redact_hidden=args.redact_hidden, force=args.force, students=list(args.student), gpus=args.gpus,
-        limits=limits, progress=args.progress, **caps)
+        limits=limits, progress=args.progress, two_process=args.two_process, **caps)
     try:
         summary = grade_assignment(options)
     except GradingError as error:

@@ -52,12 +52,14 @@ class GradingOptions:
     stderr_fails: bool = False
     max_cells: int = MAX_CELLS
     max_depth: int = MAX_DEPTH
+    two_process: bool = False  # tests in a grader process of their own (segutils.grading.remote)
 
     def fingerprint(self) -> dict:
         gpu = "gpu" if self.gpu else "cpu"
         return {"sandbox": self.sandbox, "limits": dict(sorted(self.limits.items())), "timeout": self.timeout,
                 "redact_hidden": self.redact_hidden, "gpu": gpu, "stderr_fails": self.stderr_fails,
-                "max_cells": self.max_cells, "max_depth": self.max_depth}
+                "max_cells": self.max_cells, "max_depth": self.max_depth,
+                **({"two_process": True} if self.two_process else {})}
 
 
 @dataclass
@@ -169,6 +171,8 @@ def nbgrader_config(config_file: Path, *, root: Path, db_url: str, options: Grad
         cfg.SandboxedExecute.timeout = int(options.timeout)
     cfg.GenerateFeedback.preprocessors = [GetGrades, RedactHiddenTests, CSSHTMLHeaderPreprocessor]
     cfg.RedactHiddenTests.enabled = options.redact_hidden
+    if options.two_process:  # else the course's own setting (c.SandboxedExecute.two_process) holds
+        cfg.SandboxedExecute.two_process = True
     configure_feedback(cfg)  # the student's Markdown and outputs must not run in the reader's browser
     return cfg
 
