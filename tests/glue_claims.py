@@ -87,3 +87,18 @@ RULES["07_encoder_decoder"] += [
     ("ch7_dominance_words", ("ch7_object_iou", "ch7_class_miou"),
      lambda o, c: "that decision, not the placement of edges, dominates" if o - c > 0.1 else "finding the objects and"),
 ]
+
+RULES["07_encoder_decoder"] += [
+    ("ch7_chance_words", ("ch7_skip_spread_mIoU", "ch7_skip_diff_mIoU"),
+     lambda spread, diff: "as large as" if spread >= abs(diff) else "smaller than"),
+    ("ch7_skip_class_effect", ("ch7_skip_diff_shape_accuracy", "ch7_skip_spread_shape_accuracy"),
+     lambda d, s: _beyond(d, s, {"up": "here they even help", "down": "adding their local evidence",
+                                 "same": "here they leave"})),
+]
+
+RULES["05_dilated_convolution"] = [
+    ("ch5_verdict", ("ch5_gain",), lambda g: "a large improvement on" if g >= 0.1 else "an improvement on" if g >= 0.02
+     else "about the same as" if g > -0.02 else "worse than"),
+    ("ch5_seed_verdict", ("ch5_seed_gain", "ch5_seed_spread"), lambda g, s: "larger than" if abs(g) > s else "not larger than"),
+    ("ch5_noise_note", ("ch5_seed_gain", "ch5_seed_spread"), lambda g, s: "Since nothing but" if abs(g) > s else "So these runs"),
+]

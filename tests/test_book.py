@@ -178,3 +178,15 @@ def test_pages_load_nothing_from_other_hosts(book_build: BookBuild):
         if urls:
             remote[str(page.relative_to(book_build.html))] = sorted(set(urls))
     assert not remote, f"pages load assets from other hosts: {remote}"
+
+
+@pytest.mark.xdist_group(BOOK_GROUP)
+@pytest.mark.slow
+@pytest.mark.parametrize("chapter", ["04_fully_convolutional", "05_dilated_convolution", "07_encoder_decoder",
+                                     "08_putting_it_together"])
+def test_glued_verdicts_follow_the_glued_numbers(book_build: BookBuild, chapter):
+    """No sentence claims an improvement (or a difference) that the numbers glued beside it contradict."""
+    from glue_claims import contradictions
+
+    book_build.require_success()
+    assert contradictions(chapter, book_build.executed / f"{chapter}.ipynb") == []
