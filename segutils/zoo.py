@@ -74,7 +74,7 @@ def _source_digest() -> str:
 
 @functools.lru_cache(maxsize=4)
 def rendered(split: str, size: int, image_size: int, seed: int, outline_detail: float = 0.0) -> tuple[Tensor, Tensor]:
-    """All samples of a :class:`ShapesDataset`, rendered once per process and kept in memory.
+    """All samples of a :class:`~segutils.data.ShapesDataset`, rendered once per process and kept in memory.
 
     Several models trained in one process (``book/_ext/warm_models.py``) share one rendering
     instead of drawing every image again in every epoch.
