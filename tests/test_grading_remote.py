@@ -493,3 +493,40 @@ def test_two_process_grading_is_chosen_on_the_command_line_or_in_the_course(tmp_
     add_grade_parser(parser.add_subparsers())
     assert parser.parse_args(["grade", "a1", "--two-process"]).two_process
     assert not parser.parse_args(["grade", "a1"]).two_process
+
+
+def test_the_tests_default_dtype_holds_for_the_call_and_copies_are_made_remotely():
+    import copy
+
+    net = torch.nn.Linear(2, 2)
+    with student({"make": lambda: torch.zeros(2), "net": net}) as lookup:
+        torch.set_default_dtype(torch.float64)
+        try:
+            assert lookup("make")().dtype == torch.float64
+        finally:
+            torch.set_default_dtype(torch.float32)
+        assert lookup("make")().dtype == torch.float32 and torch.get_default_dtype() == torch.float32
+        twin = copy.deepcopy(lookup("net"))  # a proxy holds a socket: copied in the student's process
+        assert type(twin).__name__ == "Linear"
+        twin.eval()
+        x = torch.randn(3, 2)
+        with torch.no_grad():
+            assert torch.allclose(twin(x), net(x))
+    assert net.training  # the copy's mode changed, not the original's
+
+
+def test_the_grader_namespace_reads_the_students_names_lazily():
+    from segutils.grading.remote.grader import GraderNamespace
+
+    ns = GraderNamespace()
+    with student({"losses": [1.0, 0.5], "tuple": "shadowed"}) as lookup:
+        ns.endpoint = lookup.endpoint
+        ns["mine"] = 1
+        exec("assert 'losses' in globals() and len(losses) == 2\nassert tuple([1]) == (1,)\n"
+             "assert 'nope' not in globals()", ns)  # noqa: S102
+        assert "losses" in ns.fetched
+        ns.forget_fetched()
+        assert dict.get(ns, "losses") is None and ns["mine"] == 1
+        ns.endpoint = None
+    with pytest.raises(NameError):
+        exec("losses", ns)  # noqa: S102 - no session: a student's name is unknown

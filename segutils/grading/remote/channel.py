@@ -108,6 +108,7 @@ OPERATIONS: dict[str, Callable[..., Any]] = {
     "getitem": lambda obj, key: obj[key], "setitem": lambda obj, key, value: obj.__setitem__(key, value),
     "contains": lambda obj, item: item in obj, "enter": lambda obj: obj.__enter__(),
     "exit": lambda obj, *exc: obj.__exit__(*exc), "dir": lambda obj: sorted(dir(obj)),
+    "copy": lambda obj: __import__("copy").copy(obj), "deepcopy": lambda obj: __import__("copy").deepcopy(obj),
 }
 
 
@@ -182,6 +183,10 @@ class Endpoint:
         if self.closed:
             raise ChannelError("the grading channel is closed")
         rid = next(self._requests)
+        if self.side == "g" and op in ("call", "gcall", "probe"):
+            import torch
+
+            fields["ddt"] = torch.get_default_dtype()  # the test's torch.set_default_dtype holds for the call
         self.channel.send(self.encode({"k": "req", "id": rid, "op": op, **fields}))
         while True:
             message = self._receive()
@@ -299,13 +304,15 @@ class Endpoint:
         if not isinstance(op, str) or (op not in self.policy.ops and op not in self.handlers):
             raise PermissionError(f"the grading channel does not allow {op!r} here")
         if op in self.handlers:
-            return self.handlers[op](self, message)
+            with default_dtype(message.get("ddt")):
+                return self.handlers[op](self, message)
         target = message.get("target")
         if op == "call":
             args, kwargs = message.get("args", []), message.get("kwargs", {})
             if not isinstance(args, list) or not isinstance(kwargs, dict) or not all(isinstance(k, str) for k in kwargs):
                 raise ChannelError("a call request with malformed arguments")
-            return target(*args, **kwargs)
+            with default_dtype(message.get("ddt")):
+                return target(*args, **kwargs)
         if op == "getattr":
             return getattr(target, _name(message))
         if op == "setattr":
@@ -336,6 +343,29 @@ class Endpoint:
     def close(self) -> None:
         self.closed = True
         self.channel.close()
+
+
+class default_dtype:  # noqa: N801 - used like contextlib's helpers
+    """``with default_dtype(dtype):`` PyTorch's default dtype for the block (``None``: unchanged)."""
+
+    def __init__(self, dtype: Any) -> None:
+        import torch
+
+        self.dtype = dtype if dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64) else None
+        self.saved = None
+
+    def __enter__(self) -> None:
+        import torch
+
+        if self.dtype is not None:
+            self.saved = torch.get_default_dtype()
+            torch.set_default_dtype(self.dtype)
+
+    def __exit__(self, *exc: Any) -> None:
+        import torch
+
+        if self.saved is not None:
+            torch.set_default_dtype(self.saved)
 
 
 def _no_dispatch_modes() -> Any:

@@ -61,6 +61,16 @@ class GraderNamespace(dict):
         self.fetched[name] = value
         return value
 
+    def __contains__(self, name: object) -> bool:
+        """``"losses" in globals()`` holds for the student's names too (they are fetched like a read)."""
+        if dict.__contains__(self, name):
+            return True
+        try:
+            self.__missing__(name)  # type: ignore[arg-type]
+        except KeyError:
+            return False
+        return True
+
     def forget_fetched(self) -> None:
         for name, value in self.fetched.items():
             if dict.get(self, name, None) is value:

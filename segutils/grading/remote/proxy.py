@@ -19,7 +19,7 @@ from segutils.grading.remote.codec import RefInfo
 _LOCAL_MISSING = frozenset({
     "__torch_function__", "__torch_dispatch__", "__array__", "__array_interface__", "__array_struct__",
     "__array_priority__", "__length_hint__", "__fspath__", "__index__", "__float__", "__int__", "__complex__",
-    "__getstate__", "__reduce_ex__", "__reduce__", "__copy__", "__deepcopy__", "_ipython_canary_method_should_not_exist_",
+    "__getstate__", "__reduce_ex__", "__reduce__", "_ipython_canary_method_should_not_exist_",
     "_repr_html_", "_repr_markdown_", "_repr_svg_", "_repr_png_", "_repr_jpeg_", "_repr_latex_", "_repr_json_",
     "_repr_javascript_", "_repr_pdf_", "_repr_mimebundle_", "_ipython_display_",
 })
@@ -97,6 +97,13 @@ class RemoteObject:
 
     def __exit__(self, *exc: Any) -> Any:
         return self._op("exit", *(None for _ in exc))
+
+    def __copy__(self) -> Any:
+        return self._op("copy")
+
+    def __deepcopy__(self, memo: dict) -> Any:
+        """A deep copy made in the student's process (a copy of a student's model stays the student's)."""
+        return self._op("deepcopy")
 
     def __dir__(self) -> list[str]:
         names = self._op("dir")
