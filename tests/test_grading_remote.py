@@ -530,3 +530,19 @@ def test_the_grader_namespace_reads_the_students_names_lazily():
         ns.endpoint = None
     with pytest.raises(NameError):
         exec("losses", ns)  # noqa: S102 - no session: a student's name is unknown
+
+
+def test_a_copy_of_a_grader_module_keeps_its_hooks_in_the_student_process():
+    import copy
+
+    seen = []
+    model = torch.nn.Conv2d(1, 1, 3, padding=1)
+    model.register_forward_pre_hook(lambda module, args: seen.append(tuple(args[0].shape)))
+
+    def probe(net):  # a student's function that works on a copy of the model it is given
+        twin = copy.deepcopy(net)
+        return twin(torch.zeros(1, 1, 5, 5)).shape
+
+    with student({"probe": probe}) as lookup:
+        assert lookup("probe")(model) == torch.Size([1, 1, 5, 5])
+    assert seen == [(1, 1, 5, 5)]
