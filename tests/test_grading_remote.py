@@ -546,3 +546,23 @@ def test_a_copy_of_a_grader_module_keeps_its_hooks_in_the_student_process():
     with student({"probe": probe}) as lookup:
         assert lookup("probe")(model) == torch.Size([1, 1, 5, 5])
     assert seen == [(1, 1, 5, 5)]
+
+
+def test_a_grader_module_holding_a_test_defined_module_is_usable_and_the_session_survives():
+    class Zero(torch.nn.Module):  # a test's own class: not copied, called back in the grader
+        def forward(self, x):
+            return x * 0
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 1, 3, padding=1), Zero())
+
+    def run(net):
+        return net(torch.ones(1, 1, 3, 3)).abs().sum().item()
+
+    def count(net):
+        return len(list(net.parameters()))
+
+    with student({"run": run, "count": count}) as lookup:
+        assert lookup("run")(model) == 0.0
+        with pytest.raises(AttributeError, match="can only be called"):
+            lookup("count")(model)
+        assert lookup("run")(model) == 0.0  # the channel is still up
