@@ -574,6 +574,27 @@ def test_the_guard_undoes_replacements_and_adopts_library_wrappers(monkeypatch):
     assert json.loads(guard.check("n3"))["changed"] == []
 
 
+def test_the_guard_watches_the_submodules_of_segutils_testing(monkeypatch):
+    import torch
+
+    from segutils import testing
+    from segutils.grading import guard
+    from segutils.testing import values
+
+    original = values._float_mismatch
+    monkeypatch.setattr(guard, "_GUARD", None)
+    guard.install("n1", [])
+    values._float_mismatch = lambda *args, **kwargs: None  # what a student could do to pass wrong values
+    try:
+        answer = json.loads(guard.restore("n2"))
+    finally:
+        replaced_survived = values._float_mismatch is not original
+        values._float_mismatch = original
+    assert "segutils.testing.values._float_mismatch" in answer["changed"] and not replaced_survived
+    with pytest.raises(AssertionError):  # positive control: the restored helper catches a wrong value again
+        testing.assert_close(torch.ones(3), torch.zeros(3))
+
+
 # -- cluster -------------------------------------------------------------------------------------------------
 def test_sqlite_is_refused_when_workers_are_remote():
     local = {"127.0.0.1", "localhost", "grader"}

@@ -43,6 +43,7 @@ from typing import Any
 
 _UNDERSCORE_NAMES = {"_", "__", "___"}  # IPython's output history lives in builtins
 _WATCHED_CLASSES = ("torch.Tensor", "torch.nn.Module")
+_TESTING_PACKAGE = "segutils.testing"
 _SYS_HOOKS = ("excepthook", "displayhook", "stdout", "stderr", "breakpointhook")
 _SHELL_LISTS = ("input_transformers_cleanup", "input_transformers_post", "ast_transformers")
 _SHELL_OBJECTS = ("compile", "displayhook", "display_pub", "display_trap", "input_transformer_manager",
@@ -58,11 +59,16 @@ class _Guard:
             os.path.realpath(p) + os.sep for p in {sys.prefix, sys.base_prefix, _segutils_dir()})
         self.failed_imports: list[str] = []
         self.modules: dict[str, types.ModuleType] = {}
-        for name in dict.fromkeys(["segutils.testing", *modules]):
+        for name in dict.fromkeys([_TESTING_PACKAGE, *modules]):
             try:
                 self.modules[name] = importlib.import_module(name)
             except Exception as error:  # noqa: BLE001 - a locked cell's import may legitimately fail
                 self.failed_imports.append(f"{name}: {type(error).__name__}")
+        # segutils.testing is a package: its checks call helpers in its submodules, which a student could
+        # replace (e.g. the comparison behind assert_close) without touching the re-exported names.
+        for name, module in sorted(sys.modules.items()):
+            if name.startswith(_TESTING_PACKAGE + ".") and isinstance(module, types.ModuleType):
+                self.modules.setdefault(name, module)
         self.namespaces: dict[str, tuple[Any, dict[str, Any]]] = {}
         self.namespaces["builtins"] = (builtins, {k: v for k, v in vars(builtins).items() if k not in _UNDERSCORE_NAMES})
         for name, module in self.modules.items():
