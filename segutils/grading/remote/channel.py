@@ -381,15 +381,9 @@ def _no_dispatch_modes() -> Any:
 def _arity(fn: Any) -> int | None:
     """How many positional parameters ``fn`` requires (``None``: unknown or ``*args``); the only thing
     about a grader's callable the student's process learns besides its type's name."""
-    import inspect
+    from segutils.testing._common import _positional_arity
 
-    try:
-        params = inspect.signature(fn).parameters.values()
-    except (TypeError, ValueError):
-        return None
-    if any(p.kind is p.VAR_POSITIONAL for p in params):
-        return None
-    return sum(p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in params)
+    return _positional_arity(fn)
 
 
 def _name(message: dict) -> str:
