@@ -62,6 +62,13 @@ def _nbgrader_meta(cell: NotebookNode) -> dict:
     return meta if isinstance(meta, dict) else {}
 
 
+
+def _move_home(env: dict[str, str], home: Path) -> None:
+    """Point the sandbox environment's home folders (``HOME`` and the tools' folders under it) at ``home``,
+    for a run without the sandbox, whose ``/tmp/home`` does not exist."""
+    for key in ("HOME", "MPLCONFIGDIR", "IPYTHONDIR", "JUPYTER_RUNTIME_DIR"):
+        env[key] = str(home / Path(env[key]).relative_to(f"{sandbox.SANDBOX_TMP}/home")) if key != "HOME" else str(home)
+
 class RestoreStructure(NbGraderPreprocessor):
     """Rebuild the notebook's graded structure from the gradebook (tamper protection).
 
@@ -347,9 +354,7 @@ class SandboxedExecute(Execute):
             command = sandbox.sandbox_command(inner, input_dir=staging / "input", limits=limits, env=env, gpu=gpu)
             popen_env = None
         else:
-            home = staging / "home"
-            for key in ("HOME", "MPLCONFIGDIR", "IPYTHONDIR", "JUPYTER_RUNTIME_DIR"):
-                env[key] = str(home / Path(env[key]).relative_to(f"{sandbox.SANDBOX_TMP}/home")) if key != "HOME" else str(home)
+            _move_home(env, staging / "home")
             command = sandbox.bootstrap_command(self.python, "execute", [
                 "--input", str(staging / "input"), "--work", str(staging / "work"), "--result-fd", str(write_fd)])
             popen_env = env
@@ -452,9 +457,7 @@ class SandboxedExecute(Execute):
             grader_cmd = sandbox.sandbox_command(grader_inner, input_dir=grader_input, limits=limits, env=env, gpu=gpu)
             popen_env = None
         else:
-            home = staging / "home"
-            for key in ("HOME", "MPLCONFIGDIR", "IPYTHONDIR", "JUPYTER_RUNTIME_DIR"):
-                env[key] = str(home / Path(env[key]).relative_to(f"{sandbox.SANDBOX_TMP}/home")) if key != "HOME" else str(home)
+            _move_home(env, staging / "home")
             student_cmd = sandbox.bootstrap_command(self.python, "execute", [
                 "--input", str(staging / "input"), "--work", str(staging / "work"), "--result-fd", str(student_write)])
             grader_cmd = sandbox.bootstrap_command(self.python, "execute", [
