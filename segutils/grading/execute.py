@@ -478,10 +478,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         asyncio.run(executor.run())
     except Exception as error:  # noqa: BLE001 - reported to the trusted side, which decides
-        sink.write(json.dumps({"type": "crash", "error": f"{type(error).__name__}: {error}"}) + "\n")
-        sink.flush()
-        return 1
+        return report_crash(sink, error)
     return 0
+
+
+def report_crash(sink: TextIO, error: Exception) -> int:
+    """Write the "crash" record the trusted side reads for a process that failed as a whole; exit status 1."""
+    sink.write(json.dumps({"type": "crash", "error": f"{type(error).__name__}: {error}"}) + "\n")
+    sink.flush()
+    return 1
 
 
 if __name__ == "__main__":

@@ -273,6 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--result-fd", type=int, required=True, help="file descriptor to write JSON lines to")
     parser.add_argument("--sandboxed", action="store_true")
     args = parser.parse_args(argv)
+    from segutils.grading.execute import report_crash
     from segutils.grading.sandbox import Limits, apply_limits, make_undumpable
 
     sink = os.fdopen(args.result_fd, "w", encoding="utf-8")
@@ -284,9 +285,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         Grader(spec, listener, sink).run()
     except Exception as error:  # noqa: BLE001 - reported to the trusted side
-        sink.write(json.dumps({"type": "crash", "error": f"{type(error).__name__}: {error}"}) + "\n")
-        sink.flush()
-        return 1
+        return report_crash(sink, error)
     return 0
 
 
