@@ -1,0 +1,174 @@
+"""Measurement and display helpers shared by the book's chapters.
+
+Each chapter used to carry its own copy of these; they live here so that the chapters show the idea and not
+the plumbing:
+
+- :func:`seconds`: median wall time of a call, with ``torch.utils.benchmark.Timer``;
+- :func:`flops`: floating-point operations of a call, as ``FlopCounterMode`` counts them;
+- :func:`training_cost`: activation bytes saved for backward and FLOPs of one training step;
+- :class:`PeakTensorMemory` and :func:`peak_forward_bytes`: peak bytes of tensors alive during a forward pass;
+- :func:`connected_components`: 8-connected regions of boolean masks;
+- :func:`png_base64`, :func:`show`, :func:`html_table`: pictures and tables for the pages.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import io
+import logging
+from typing import Any, Callable, Iterable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
+from torch.utils.flop_counter import FlopCounterMode
+from torch.multiprocessing.reductions import StorageWeakRef
+
+__all__ = ["seconds", "flops", "training_cost", "PeakTensorMemory", "peak_forward_bytes", "connected_components",
+           "png_base64", "show", "html_table"]
+
+
+def seconds(fn: Callable[[], Any], min_run_time: float = 0.2) -> float:
+    """Median wall time of ``fn()`` in seconds, measured by ``torch.utils.benchmark.Timer``.
+
+    ``blocked_autorange`` warms up, then runs ``fn`` in blocks for at least ``min_run_time`` seconds, on the
+    number of threads PyTorch uses now (``torch.get_num_threads()``).
+    """
+    if not callable(fn):
+        raise TypeError(f"seconds() needs a callable, got {type(fn).__name__}")
+    if min_run_time <= 0:
+        raise ValueError(f"min_run_time must be positive, got {min_run_time}")
+    logger = logging.getLogger("torch.utils.cpp_extension")   # its import warns on machines without CUDA
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        from torch.utils.benchmark import Timer
+    finally:
+        logger.setLevel(level)
+
+    timer = Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
+    return timer.blocked_autorange(min_run_time=min_run_time).median
+
+
+def flops(fn: Callable[[], Any]) -> int:
+    """Floating-point operations of ``fn()`` as ``FlopCounterMode`` counts them (2 per multiply-add)."""
+    if not callable(fn):
+        raise TypeError(f"flops() needs a callable, got {type(fn).__name__}")
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
+def training_cost(model: nn.Module, images: torch.Tensor, masks: torch.Tensor) -> tuple[int, int]:
+    """(bytes of tensors saved for backward, FLOPs of forward + backward) of one cross-entropy step.
+
+    images: (N, C, H, W); masks: (N, H, W) class ids. The model's parameters are not counted as saved
+    (they exist anyway); each saved storage counts once. The gradients are cleared afterwards.
+    """
+    if images.ndim != 4 or masks.ndim != 3 or masks.shape != images.shape[:1] + images.shape[2:]:
+        raise ValueError(f"training_cost needs images (N, C, H, W) and masks (N, H, W), got "
+                         f"{tuple(images.shape)} and {tuple(masks.shape)}")
+    weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    saved: dict[int, int] = {}
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in weights:
+            saved[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    with FlopCounterMode(display=False) as counter:
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+            loss = F.cross_entropy(model(images), masks)
+        loss.backward()
+    model.zero_grad(set_to_none=True)
+    return sum(saved.values()), counter.get_total_flops()
+
+
+class PeakTensorMemory(TorchDispatchMode):
+    """Peak bytes of tensor storage created inside the ``with`` block and alive at the same time.
+
+    Tensors that exist before the block (weights, the input) are not counted; buffers a kernel allocates and
+    frees internally are not seen.
+    """
+
+    def __enter__(self) -> "PeakTensorMemory":
+        self.live: dict[int, tuple[StorageWeakRef, int]] = {}      # storage address -> (weak reference, bytes)
+        self.peak = 0
+        return super().__enter__()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        self.live = {ptr: (ref, n) for ptr, (ref, n) in self.live.items() if not ref.expired()}
+        for tensor in tree_leaves(out):
+            if isinstance(tensor, torch.Tensor):
+                storage = tensor.untyped_storage()
+                self.live.setdefault(storage.data_ptr(), (StorageWeakRef(storage), storage.nbytes()))
+        self.peak = max(self.peak, sum(n for _, n in self.live.values()))
+        return out
+
+
+def peak_forward_bytes(fn: Callable[[torch.Tensor], Any], x: torch.Tensor) -> int:
+    """Peak bytes of the tensors alive at once while ``fn(x)`` runs without autograd."""
+    with torch.no_grad(), PeakTensorMemory() as tracker:
+        fn(x)
+    return tracker.peak
+
+
+def connected_components(region: torch.Tensor) -> torch.Tensor:
+    """(N, H, W) bool -> (N, H, W) int64: 0 outside the region, one id per 8-connected component.
+
+    Ids are not consecutive (each component takes the largest flat index + 1 of its pixels). Computed by
+    max-pool flood fill, which takes as many passes as the longest path inside a component.
+    """
+    if region.ndim != 3 or region.dtype != torch.bool:
+        raise ValueError(f"connected_components needs an (N, H, W) bool tensor, got {tuple(region.shape)} "
+                         f"{region.dtype}")
+    mask = region.double()                        # float64 holds the ids exactly beyond 2**24 pixels
+    ids = torch.arange(1, region.numel() + 1, dtype=torch.float64).view(region.shape) * mask
+    while True:
+        grown = F.max_pool2d(ids.unsqueeze(1), 3, stride=1, padding=1).squeeze(1) * mask
+        if torch.equal(grown, ids):
+            return ids.long()
+        ids = grown
+
+
+def png_base64(fig, dpi: int = 80) -> str:
+    """The matplotlib figure as a base64 PNG string (for ``<img>`` tags in widgets); closes the figure."""
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi)
+    plt.close(fig)
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def show(ax, image: torch.Tensor, title: str = "", interpolation: str = "nearest", **kwargs) -> None:
+    """imshow of a (C, H, W) image (float in [0, 1], clamped, or uint8) or an (H, W) map with a cmap; no ticks."""
+    if image.ndim not in (2, 3):
+        raise ValueError(f"show needs a (C, H, W) or (H, W) tensor, got {tuple(image.shape)}")
+    picture = image.permute(1, 2, 0) if image.ndim == 3 else image
+    picture = picture.detach().cpu()
+    ax.imshow(picture.clamp(0, 1).numpy() if picture.is_floating_point() else picture.numpy(),
+              interpolation=interpolation, **kwargs)
+    ax.set_title(title)
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def html_table(header: Sequence[str], rows: Iterable[Sequence[Any]]):
+    """An HTML table (IPython ``HTML``) with one header row; cells are escaped."""
+    from IPython.display import HTML
+
+    rows = [list(row) for row in rows]
+    bad = [row for row in rows if len(row) != len(header)]
+    if bad:
+        raise ValueError(f"html_table: {len(header)} columns in the header, but a row has {len(bad[0])}: {bad[0]}")
+
+    def cells(values, tag):
+        return "".join(f"<{tag}>{html.escape(str(v))}</{tag}>" for v in values)
+
+    return HTML(f"<table><tr>{cells(header, 'th')}</tr>" + "".join(f"<tr>{cells(r, 'td')}</tr>" for r in rows)
+                + "</table>")
