@@ -566,3 +566,70 @@ def test_a_grader_module_holding_a_test_defined_module_is_usable_and_the_session
         with pytest.raises(AttributeError, match="can only be called"):
             lookup("count")(model)
         assert lookup("run")(model) == 0.0  # the channel is still up
+
+
+def _graded_notebook():
+    import nbformat
+
+    def code(source, gid, **flags):
+        meta = {"grade_id": gid, "locked": True, "grade": False, "solution": False, "schema_version": 3, **flags}
+        return nbformat.v4.new_code_cell(source, metadata={"nbgrader": meta})
+
+    return nbformat.v4.new_notebook(cells=[
+        code("def double(t):\n    return t * 2", "double", locked=False, solution=True),
+        code("testing.assert_vectorized(double, torch.ones(3))", "test_vec", grade=True, points=1),
+        code("assert double(1) == 2\n### BEGIN HIDDEN TESTS\nassert double(2) == 4\n### END HIDDEN TESTS",
+             "test_value", grade=True, points=1),
+    ])
+
+
+@pytest.mark.parametrize("measured", [["assert_vectorized"], []])
+def test_points_measured_in_the_student_process_are_marked_in_the_notebook_and_the_feedback(measured):
+    # Issue #11: a test whose checks ran in the student's process says so, in the graded notebook (which the
+    # feedback page renders, redacted or not) and in the student's state; a test without such a check does not
+    # (the parametrized control: the mark comes from the grader's record, not from every test).
+    pytest.importorskip("nbgrader")
+    from segutils.grading import sandbox
+    from segutils.grading.preprocessors import RedactHiddenTests, SandboxedExecute, cell_plan
+    from segutils.grading.report import MEASURED_IN_STUDENT
+
+    nb = _graded_notebook()
+    plan = cell_plan(nb)[0]
+    records = {1: {"type": "cell", "index": 1, "status": "ok", "outputs": [], "measured": measured},
+               2: {"type": "cell", "index": 2, "status": "ok", "outputs": [], "measured": []}}
+    info = {"notes": [], "cells": {}}
+    SandboxedExecute()._apply(nb, plan, records, {"seconds": 1.0}, "", sandbox.Limits(), info)
+
+    def marked(cell):
+        return any(MEASURED_IN_STUDENT in o.get("text", "") for o in cell.outputs)
+
+    assert marked(nb.cells[1]) == bool(measured) and not marked(nb.cells[2])
+    assert info["cells"]["test_vec"].get("measured_in_student", []) == measured
+    assert "measured_in_student" not in info["cells"]["test_value"]
+    redact = RedactHiddenTests(enabled=True)
+    resources = {"nbgrader": {"notebook": "marked-feedback"}}
+    redact.preprocess(nb, resources)
+    assert marked(nb.cells[1]) == bool(measured) and "double(2)" not in nb.cells[2].source
+
+
+def test_the_report_lists_points_measured_in_the_student_process(tmp_path):
+    from segutils.grading import report
+
+    def result(student, measured):
+        cell = {"score": 1.0, "max_score": 1.0, "ename": "", "evalue": ""}
+        return {"student": student, "status": "graded", "message": "", "score": 2.0, "max_score": 2.0,
+                "seconds": 2.0, "exec_seconds": 1.0, "notes": [],
+                "cells": {"test_vec": {**cell, **({"measured_in_student": measured} if measured else {})},
+                          "test_value": dict(cell)}}
+
+    results = [result("alice", ["assert_vectorized", "count_ops"]), result("bob", ["count_ops"])]
+    summary = report.summarize(results)
+    assert summary["measured"] == {"test_vec": ["assert_vectorized", "count_ops"]}
+    page = report.write_report(tmp_path / "r.html", "mini", results, {}).read_text()
+    section = page.split(f"<h2>Points {report.MEASURED_IN_STUDENT.replace(chr(39), '&#x27;')}</h2>")
+    assert len(section) == 2, "no section of points measured in the student's process"
+    assert "<td>test_vec</td><td>assert_vectorized, count_ops</td>" in section[1]
+    assert "test_value" not in section[1].split("<h2>")[0]
+    assert "test_vec: measured in the student&#x27;s process: count_ops" in page  # bob's row
+    plain = report.write_report(tmp_path / "p.html", "mini", [result("carol", [])], {}).read_text()
+    assert "measured in the student" not in plain  # control: nothing measured there, nothing said

@@ -2,8 +2,9 @@
 
 Sections: totals; score histogram; pass rate per test cell; most common failure messages;
 slowest submissions (notebook execution vs. the rest); submissions that needed attention
-(rejected, failed, tampering restored or detected); one row per student with their score,
-status, time and messages.
+(rejected, failed, tampering restored or detected); the test cells whose points were measured in
+the student's process (two-process grading: operator counts, delegation, device checks, which the
+student's code could influence); one row per student with their score, status, time and messages.
 
 Everything a student controls (messages, notes, names) is text here: HTML-escaped in the page,
 drawn without matplotlib's mathtext in the plots (an exception message ``$\\alpha$`` or a lone
@@ -47,15 +48,28 @@ def _failed(cell: dict) -> bool:
     return cell.get("auto") is not False and float(cell.get("score", 0.0)) < float(cell.get("max_score", 0.0))
 
 
+#: How the report and the feedback mark a test's points that the student's process measured.
+MEASURED_IN_STUDENT = "measured in the student's process"
+
+
+def measured_checks(cell: dict) -> list[str]:
+    """The checks of a test cell that ran in the student's process (``measured_in_student``), as text."""
+    checks = cell.get("measured_in_student")
+    return [str(c) for c in checks][:20] if isinstance(checks, list) else []
+
+
 def summarize(results: Iterable[dict]) -> dict[str, Any]:
     """The numbers the report shows, from the students' result summaries."""
     results = sorted(results, key=lambda r: r["student"])
     cells: dict[str, list[bool]] = {}
     messages: Counter[str] = Counter()
+    measured: dict[str, set[str]] = {}
     for result in results:
         for gid, cell in result.get("cells", {}).items():
             if cell.get("auto") is False:
                 continue
+            if measured_checks(cell):
+                measured.setdefault(gid, set()).update(measured_checks(cell))
             cells.setdefault(gid, []).append(not _failed(cell))
             if _failed(cell):
                 messages[failure_message(cell)] += 1
@@ -67,6 +81,7 @@ def summarize(results: Iterable[dict]) -> dict[str, Any]:
         "messages": messages.most_common(15),
         "slowest": sorted(results, key=lambda r: -float(r.get("seconds", 0.0)))[:10],
         "fractions": [float(r["score"]) / float(r["max_score"]) for r in results if float(r.get("max_score") or 0) > 0],
+        "measured": {gid: sorted(checks) for gid, checks in sorted(measured.items())},
         "results": results,
     }
 
@@ -152,6 +167,8 @@ def write_report(path: Path, assignment: str, results: Iterable[dict], meta: dic
         for gid, cell in r.get("cells", {}).items():
             if cell.get("restored"):
                 notes.append(f"{_e(gid)}: restored before the test: {_e(', '.join(cell['restored']))}")
+            if measured_checks(cell):
+                notes.append(f"{_e(gid)}: {_e(MEASURED_IN_STUDENT)}: {_e(', '.join(measured_checks(cell)))}")
         message = [_e(r["message"])] if r.get("message") else []
         rows.append(
             f"<tr class='{_e(r.get('status'))}'><td>{_e(r['student'])}</td><td>{_e(r.get('status'))}</td>"
@@ -170,6 +187,13 @@ def write_report(path: Path, assignment: str, results: Iterable[dict], meta: dic
         if flags:
             attention.append(f"<li><b>{_e(r['student'])}</b>: {'; '.join(flags)}</li>")
     messages = "".join(f"<tr><td>{c}</td><td>{_e(m)}</td></tr>" for m, c in summary["messages"])
+    measured = "".join(f"<tr><td>{_e(gid)}</td><td>{_e(', '.join(checks))}</td></tr>"
+                       for gid, checks in summary["measured"].items())
+    measured_section = (
+        f"<h2>Points {_e(MEASURED_IN_STUDENT)}</h2><p>These test cells ran checks in the student's process, the only "
+        "one that sees the operators the student's code dispatches: the student's code could influence what "
+        "they measured. Values, shapes, gradients and model quality were judged in the grader.</p>"
+        f"<table><tr><th>test cell</th><th>checks</th></tr>{measured}</table>") if measured else ""
     statuses = ", ".join(f"{n} {s}" for s, n in sorted(summary["statuses"].items()))
     meta_notes = "".join(f"<li>{_e(n)}</li>" for n in meta.get("notes", []))
     document = f"""<!DOCTYPE html>
@@ -187,6 +211,7 @@ vertical-align: top; font-size: 90%; }} tr.rejected td, tr.failed td {{ backgrou
 <h2>Most common failure messages</h2>
 <table><tr><th>cells</th><th>message</th></tr>{messages}</table>
 <h2>Needing attention</h2><ul>{''.join(attention) or '<li>none</li>'}</ul>
+{measured_section}
 <h2>Students</h2>
 <table><tr><th>student</th><th>status</th><th>score</th><th>seconds</th><th>messages</th></tr>{''.join(rows)}</table>
 </body></html>
