@@ -38,6 +38,7 @@ class Photo:
     licence: str
 
 
+#: The photographs by name, in the order the chapter shows them.
 PHOTOS: dict[str, Photo] = {
     photo.name: photo
     for photo in (
@@ -48,11 +49,8 @@ PHOTOS: dict[str, Photo] = {
               "Stefan van der Walt, via scikit-image's `skimage.data.chelsea`", "CC0"),
         Photo("coffee", "coffee.png", "a coffee cup",
               "Rachel Michetti, courtesy of Pikolo Espresso Bar, via scikit-image's `skimage.data.coffee`", "CC0"),
-        Photo("motorcycle", "motorcycle_left.png", "a motorcycle",
-              "Middlebury 2014 stereo dataset (Scharstein et al., GCPR 2014), downsampled by 4, via scikit-image's "
-              "`skimage.data.stereo_motorcycle`",
-              "distributed for research use by Middlebury College, citing the dataset's paper; scikit-image "
-              "redistributes it without a separate licence"),
+        Photo("camera", "camera.png", "a photographer with a camera on a tripod (greyscale)",
+              "Lav Varshney, via scikit-image's `skimage.data.camera`", "CC0"),
     )
 }
 

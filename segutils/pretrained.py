@@ -202,7 +202,7 @@ def load_pretrained(name: str, device: torch.device | str = "cpu", aux: bool = F
             ``model(x)`` returns ``{"out": logits}`` and costs a little less.
 
     Returns:
-        The torchvision model: ``model(x)["out"]`` maps normalised images ``(N, 3, H, W)`` (see
+        The torchvision model, whose ``model(x)["out"]`` maps normalised images ``(N, 3, H, W)`` (see
         :func:`preprocess`) to logits ``(N, K, H, W)``, ``K = len(categories(name))``.
 
     Raises:
