@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from segutils.models.patch import _check_images, _check_positive_int
+from segutils.arguments import check_images, check_positive_int
 
 __all__ = ["EncoderDecoderFCN", "bilinear_kernel", "UPSAMPLE_MODES"]
 
@@ -39,8 +39,8 @@ def bilinear_kernel(
     Returns:
         :math:`(\text{channels}, \text{channels}, k, k)` weight tensor.
     """
-    _check_positive_int(channels, "channels")
-    _check_positive_int(scale, "scale")
+    check_positive_int(channels, "channels")
+    check_positive_int(scale, "scale")
     size = 2 * scale - scale % 2
     centre = scale - 1 if size % 2 == 1 else scale - 0.5
     taps = torch.arange(size, dtype=dtype or torch.get_default_dtype(), device=device)
@@ -136,10 +136,10 @@ class EncoderDecoderFCN(nn.Module):
         skips: bool = True,
     ) -> None:
         super().__init__()
-        self.in_channels = _check_positive_int(in_channels, "in_channels")
-        self.num_classes = _check_positive_int(num_classes, "num_classes")
-        _check_positive_int(base_channels, "base_channels")
-        self.depth = _check_positive_int(depth, "depth")
+        self.in_channels = check_positive_int(in_channels, "in_channels")
+        self.num_classes = check_positive_int(num_classes, "num_classes")
+        check_positive_int(base_channels, "base_channels")
+        self.depth = check_positive_int(depth, "depth")
         if upsample not in UPSAMPLE_MODES:
             raise ValueError(f"upsample must be one of {UPSAMPLE_MODES}, got {upsample!r}")
         if isinstance(skips, bool):
@@ -176,7 +176,7 @@ class EncoderDecoderFCN(nn.Module):
             self.ups = nn.ModuleList([_make_upsample(upsample, num_classes, 2**depth)])
 
     def forward(self, images: Tensor) -> Tensor:
-        _check_images(images, self.in_channels, type(self).__name__)
+        check_images(images, self.in_channels, type(self).__name__)
         h, w = images.shape[-2:]
         x = _pad_to_multiple(images, 2**self.depth)
         pooled: list[Tensor] = []

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
-from segutils.models.patch import _check_images, _check_positive_int
+from segutils.arguments import check_images, check_positive_int
 
 __all__ = ["PlainFCN", "DilatedFCN"]
 
@@ -29,9 +29,9 @@ class _FullResolutionFCN(nn.Module):
 
     def __init__(self, in_channels: int, num_classes: int, channels: int, dilations: Sequence[int]) -> None:
         super().__init__()
-        self.in_channels = _check_positive_int(in_channels, "in_channels")
-        self.num_classes = _check_positive_int(num_classes, "num_classes")
-        _check_positive_int(channels, "channels")
+        self.in_channels = check_positive_int(in_channels, "in_channels")
+        self.num_classes = check_positive_int(num_classes, "num_classes")
+        check_positive_int(channels, "channels")
         layers: list[nn.Module] = []
         width = in_channels
         for dilation in dilations:
@@ -41,7 +41,7 @@ class _FullResolutionFCN(nn.Module):
         self.classifier = nn.Conv2d(width, num_classes, 1)
 
     def forward(self, images: Tensor) -> Tensor:
-        _check_images(images, self.in_channels, type(self).__name__)
+        check_images(images, self.in_channels, type(self).__name__)
         return self.classifier(self.features(images))
 
 
@@ -63,7 +63,7 @@ class PlainFCN(_FullResolutionFCN):
     """
 
     def __init__(self, in_channels: int, num_classes: int, channels: int = 32, num_layers: int = 4) -> None:
-        _check_positive_int(num_layers, "num_layers")
+        check_positive_int(num_layers, "num_layers")
         super().__init__(in_channels, num_classes, channels, [1] * num_layers)
         self.num_layers = num_layers
 
@@ -93,6 +93,6 @@ class DilatedFCN(_FullResolutionFCN):
         if not dilations:
             raise ValueError("dilations must name at least one layer, got an empty sequence")
         for i, dilation in enumerate(dilations):
-            _check_positive_int(dilation, f"dilations[{i}]")
+            check_positive_int(dilation, f"dilations[{i}]")
         super().__init__(in_channels, num_classes, channels, dilations)
         self.dilations = dilations

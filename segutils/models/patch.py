@@ -4,8 +4,6 @@ A :class:`PatchClassifier` labels the centre pixel of one ``p x p`` window. Segm
 image with it means running it on every window (:func:`sliding_window_logits`);
 :func:`convolutionalize` rewrites it as convolutions that give the same logits at every
 pixel in one pass, which is the step from "sliding window" to "fully convolutional".
-
-The input checks shared by all models of :mod:`segutils.models` live here too.
 """
 from __future__ import annotations
 
@@ -15,6 +13,8 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from segutils.arguments import check_images, check_positive_int
 
 __all__ = [
     "PatchClassifier",
@@ -30,40 +30,10 @@ __all__ = [
 _ELEMENTWISE = (nn.ReLU, nn.LeakyReLU, nn.GELU, nn.SiLU, nn.Tanh, nn.Sigmoid, nn.Identity, nn.Dropout)
 
 
-def _check_positive_int(value: object, name: str, minimum: int = 1) -> int:
-    """Return ``value`` if it is an ``int >= minimum``, else raise a clear error."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__} ({value!r})")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return value
-
-
-def _check_images(x: object, in_channels: int | None, who: str) -> None:
-    """Raise a clear error unless ``x`` is a non-empty float batch of shape ``(N, in_channels, H, W)``.
-
-    ``in_channels=None`` accepts any number of channels.
-    """
-    if not isinstance(x, Tensor):
-        raise TypeError(f"{who} expects a torch.Tensor, got {type(x).__name__}")
-    if x.ndim != 4:
-        raise ValueError(f"{who} expects a 4-D input (N, C, H, W), got a {x.ndim}-D tensor of shape {tuple(x.shape)}")
-    if not x.is_floating_point():
-        raise TypeError(f"{who} expects a floating-point input, got dtype {x.dtype}")
-    if in_channels is not None and x.shape[1] != in_channels:
-        raise ValueError(
-            f"{who} expects {in_channels} input channels, got {x.shape[1]} (input shape {tuple(x.shape)})"
-        )
-    if x.shape[0] == 0:
-        raise ValueError(f"{who} got an empty batch (N=0), input shape {tuple(x.shape)}")
-    if x.shape[2] == 0 or x.shape[3] == 0:
-        raise ValueError(f"{who} got an empty image (H or W is 0), input shape {tuple(x.shape)}")
-
-
 def _hidden_sizes(hidden: int | Sequence[int]) -> tuple[int, ...]:
     sizes = (hidden,) if isinstance(hidden, int) else tuple(hidden)
     for i, size in enumerate(sizes):
-        _check_positive_int(size, f"hidden[{i}]")
+        check_positive_int(size, f"hidden[{i}]")
     return sizes
 
 
@@ -88,9 +58,9 @@ class PatchClassifier(nn.Module):
         self, in_channels: int, num_classes: int, patch_size: int, hidden: int | Sequence[int] = (64,)
     ) -> None:
         super().__init__()
-        self.in_channels = _check_positive_int(in_channels, "in_channels")
-        self.num_classes = _check_positive_int(num_classes, "num_classes")
-        self.patch_size = _check_positive_int(patch_size, "patch_size")
+        self.in_channels = check_positive_int(in_channels, "in_channels")
+        self.num_classes = check_positive_int(num_classes, "num_classes")
+        self.patch_size = check_positive_int(patch_size, "patch_size")
         if patch_size % 2 != 1:
             raise ValueError(f"patch_size must be odd so that the patch has a centre pixel, got {patch_size}")
         self.hidden = _hidden_sizes(hidden)
@@ -103,7 +73,7 @@ class PatchClassifier(nn.Module):
         self.layers = nn.Sequential(*layers)
 
     def forward(self, patches: Tensor) -> Tensor:
-        _check_images(patches, self.in_channels, type(self).__name__)
+        check_images(patches, self.in_channels, type(self).__name__)
         p = self.patch_size
         if patches.shape[-2:] != (p, p):
             raise ValueError(
@@ -140,14 +110,14 @@ class PatchCNN(nn.Module):
         self, in_channels: int, num_classes: int, width: int = 32, dilations: Sequence[int] = (1, 2, 4, 8)
     ) -> None:
         super().__init__()
-        self.in_channels = _check_positive_int(in_channels, "in_channels")
-        self.num_classes = _check_positive_int(num_classes, "num_classes")
-        _check_positive_int(width, "width")
+        self.in_channels = check_positive_int(in_channels, "in_channels")
+        self.num_classes = check_positive_int(num_classes, "num_classes")
+        check_positive_int(width, "width")
         self.dilations = tuple(dilations)
         if not self.dilations:
             raise ValueError("dilations must name at least one layer, got an empty sequence")
         for i, dilation in enumerate(self.dilations):
-            _check_positive_int(dilation, f"dilations[{i}]")
+            check_positive_int(dilation, f"dilations[{i}]")
         self.patch_size = 1 + 2 * sum(self.dilations)
         layers: list[nn.Module] = []
         channels = in_channels
@@ -158,7 +128,7 @@ class PatchCNN(nn.Module):
         self.head = nn.Conv2d(width, num_classes, 1)
 
     def forward(self, patches: Tensor) -> Tensor:
-        _check_images(patches, self.in_channels, type(self).__name__)
+        check_images(patches, self.in_channels, type(self).__name__)
         p = self.patch_size
         if patches.shape[-2:] != (p, p):
             raise ValueError(
@@ -195,7 +165,7 @@ class ConvPatchClassifier(nn.Module):
         self.layers = layers
 
     def forward(self, images: Tensor) -> Tensor:
-        _check_images(images, self.in_channels, type(self).__name__)
+        check_images(images, self.in_channels, type(self).__name__)
         return self.layers(images)
 
 
@@ -304,8 +274,8 @@ def sliding_window_logits(classifier: nn.Module, images: Tensor, chunk_size: int
         raise ValueError(
             f"sliding_window_logits needs a classifier with an odd int patch_size attribute, got {patch_size!r}"
         )
-    _check_positive_int(chunk_size, "chunk_size")
-    _check_images(images, getattr(classifier, "in_channels", None), "sliding_window_logits")
+    check_positive_int(chunk_size, "chunk_size")
+    check_images(images, getattr(classifier, "in_channels", None), "sliding_window_logits")
 
     n, c, h, w = images.shape
     p = patch_size

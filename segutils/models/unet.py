@@ -5,7 +5,7 @@ import torch
 from torch import Tensor, nn
 
 from segutils.models.encoder_decoder import _double_conv, _pad_to_multiple
-from segutils.models.patch import _check_images, _check_positive_int
+from segutils.arguments import check_images, check_positive_int
 
 __all__ = ["UNet"]
 
@@ -37,10 +37,10 @@ class UNet(nn.Module):
 
     def __init__(self, in_channels: int, num_classes: int, base_channels: int = 16, depth: int = 3) -> None:
         super().__init__()
-        self.in_channels = _check_positive_int(in_channels, "in_channels")
-        self.num_classes = _check_positive_int(num_classes, "num_classes")
-        _check_positive_int(base_channels, "base_channels")
-        self.depth = _check_positive_int(depth, "depth")
+        self.in_channels = check_positive_int(in_channels, "in_channels")
+        self.num_classes = check_positive_int(num_classes, "num_classes")
+        check_positive_int(base_channels, "base_channels")
+        self.depth = check_positive_int(depth, "depth")
 
         widths = [base_channels * 2**i for i in range(depth + 1)]
         self.down = nn.ModuleList(
@@ -56,7 +56,7 @@ class UNet(nn.Module):
         self.head = nn.Conv2d(base_channels, num_classes, 1)
 
     def forward(self, images: Tensor) -> Tensor:
-        _check_images(images, self.in_channels, type(self).__name__)
+        check_images(images, self.in_channels, type(self).__name__)
         h, w = images.shape[-2:]
         x = _pad_to_multiple(images, 2**self.depth)
         skips: list[Tensor] = []
