@@ -39,8 +39,10 @@ import cases  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("grading")]
 
+# The hand-worked scores of cases.py are those of in-process grading (the guard restores what a test relies on);
+# two-process grading has its own hostile batch (tests/test_grading_hostile.py).
 GRADE_ARGS = ["--workers", "2", "--timeout", "5", "--memory", "1.5", "--tmp-size", str(cases.TMP_MIB),
-              "--shm-size", str(cases.SHM_MIB), "--no-progress"]
+              "--shm-size", str(cases.SHM_MIB), "--no-progress", "--in-process"]
 
 
 def _why_no_sandbox() -> str | None:
@@ -260,7 +262,7 @@ def test_an_interrupted_batch_loses_nothing_already_graded(tmp_path, how):
     state_dir = course / "reports" / cases.ASSIGNMENT / "state"
     process = subprocess.Popen([sys.executable, "-m", "segutils", "grade", cases.ASSIGNMENT, "--course-dir", str(course),
                                 "--submissions", str(tmp_path / "export"), "--workers", "1", "--timeout", "5",
-                                "--no-progress"], env=_env(), cwd=course, stdout=subprocess.PIPE,
+                                "--no-progress", "--in-process"], env=_env(), cwd=course, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 900
     while not list(state_dir.glob("*.json")) and process.poll() is None and time.monotonic() < deadline:
@@ -318,7 +320,7 @@ def test_gpu_tests_run_on_the_workers_gpu_or_are_skipped_with_a_note(tmp_path):
     for student, answers in {"on_device": {}, "moves_to_cpu": {"double": "def double(t):\n    return t.cpu() * 2"}}.items():
         (export / f"{student}.ipynb").write_text(nbformat.writes(ctx.notebook(**answers)))
     workers = str(max(1, min(2, gpus)))
-    run = segutils_grade(course, "--submissions", str(export), "--workers", workers, "--no-progress",
+    run = segutils_grade(course, "--submissions", str(export), "--workers", workers, "--no-progress", "--in-process",
                          *(["--gpus", workers] if gpus else []), *([] if _why_no_sandbox() is None else ["--no-sandbox"]))
     assert run.returncode == 0, run.stdout + run.stderr
     full = {**cases.FULL, "test_double_cuda": 1.0}
@@ -378,7 +380,8 @@ def test_late_submissions_are_graded_under_every_penalty_method(tmp_path, method
     for student, (answers, stamp, _) in LATE_CLASS.items():
         (export / f"{student}.ipynb").write_text(nbformat.writes(ctx.notebook(**answers)))
         (export / f"{student}.timestamp.txt").write_text(stamp)
-    args = ["--workers", "2", "--timeout", "5", "--no-progress"] + ([] if _why_no_sandbox() is None else ["--no-sandbox"])
+    args = ["--workers", "2", "--timeout", "5", "--no-progress", "--in-process"] + (
+        [] if _why_no_sandbox() is None else ["--no-sandbox"])
     run = segutils_grade(course, "--submissions", str(export), *args)
     assert run.returncode == 0, run.stdout + run.stderr
     assert "3 graded, 0 rejected, 0 failed" in run.stdout

@@ -59,7 +59,7 @@ def test_a_dask_cluster_grades_into_postgresql(tmp_path, postgres_url, dask_clus
         use_sandbox = False
     options = BatchOptions(assignment=cases.ASSIGNMENT, course=course, submissions=tmp_path / "export",
                            db_url=postgres_url, scheduler=dask_cluster.scheduler_address, sandbox=use_sandbox,
-                           timeout=5, progress=False)
+                           timeout=5, progress=False, two_process=False)  # cases.py's scores are in-process ones
     summary = grade_assignment(options)
     assert sorted(summary.graded) == sorted(c.student for c in chosen) and not summary.failed, summary
     assert gradebook_scores(course, postgres_url) == {c.student: c.expected for c in chosen}

@@ -477,22 +477,69 @@ def test_two_process_grading_is_chosen_on_the_command_line_or_in_the_course(tmp_
     pytest.importorskip("nbgrader")
     import argparse
 
+    from traitlets.config import Config
+
     from segutils.grading.cli import add_grade_parser
-    from segutils.grading.runner import GradingOptions, nbgrader_config
+    from segutils.grading.preprocessors import SandboxedExecute
+    from segutils.grading.runner import (TWO_PROCESS_DEFAULT, GradingOptions, load_course_config, nbgrader_config,
+                                         resolve_two_process)
 
     config = tmp_path / "nbgrader_config.py"
     config.write_text("c = get_config()\n")
     kwargs = dict(root=tmp_path, db_url="sqlite://", cell_order={}, release_sources={})
-    assert nbgrader_config(config, options=GradingOptions(), **kwargs).SandboxedExecute.get("two_process") in (None, False)
-    assert nbgrader_config(config, options=GradingOptions(two_process=True), **kwargs).SandboxedExecute.two_process
-    config.write_text("c = get_config()\nc.SandboxedExecute.two_process = True\n")
-    assert nbgrader_config(config, options=GradingOptions(), **kwargs).SandboxedExecute.two_process
-    assert GradingOptions(two_process=True).fingerprint() != GradingOptions().fingerprint()
-    assert "two_process" not in GradingOptions().fingerprint()  # earlier batches' states stay valid
+
+    def mode(options):  # what the grading's SandboxedExecute runs with
+        return SandboxedExecute(config=nbgrader_config(config, options=options, **kwargs)).two_process
+
+    assert mode(GradingOptions()) is TWO_PROCESS_DEFAULT  # neither the command line nor the course says
+    assert mode(GradingOptions(two_process=True)) is True and mode(GradingOptions(two_process=False)) is False
+    for course_says in (True, False):
+        config.write_text(f"c = get_config()\nc.SandboxedExecute.two_process = {course_says}\n")
+        assert mode(GradingOptions()) is course_says
+        assert mode(GradingOptions(two_process=not course_says)) is (not course_says)  # the command line wins
+        assert resolve_two_process(load_course_config(config), None) is course_says
+        assert resolve_two_process(load_course_config(config), not course_says) is (not course_says)
+    assert resolve_two_process(Config(), None) is TWO_PROCESS_DEFAULT
+    config.write_text("c = get_config()\nc.SandboxedExecute.two_process = 'yes'\n")
+    with pytest.raises(ValueError, match="must be True or False, got 'yes'"):
+        resolve_two_process(load_course_config(config), None)
+    assert GradingOptions(two_process=True).fingerprint() != GradingOptions(two_process=False).fingerprint()
+    assert "two_process" not in GradingOptions(two_process=False).fingerprint()  # in-process states stay valid
     parser = argparse.ArgumentParser()
     add_grade_parser(parser.add_subparsers())
-    assert parser.parse_args(["grade", "a1", "--two-process"]).two_process
-    assert not parser.parse_args(["grade", "a1"]).two_process
+    assert parser.parse_args(["grade", "a1", "--two-process"]).two_process is True
+    assert parser.parse_args(["grade", "a1", "--in-process"]).two_process is False
+    assert parser.parse_args(["grade", "a1", "--no-two-process"]).two_process is False
+    assert parser.parse_args(["grade", "a1"]).two_process is None  # resolved against the course config
+    with pytest.raises(SystemExit):
+        parser.parse_args(["grade", "a1", "--two-process", "--in-process"])
+
+
+def test_the_batch_resolves_the_mode_once_and_reports_it(tmp_path, monkeypatch):
+    # The jobs (and so the state fingerprint) carry the mode that ran, whoever chose it; a bad course value
+    # stops the batch with a message naming the setting.
+    pytest.importorskip("nbgrader")
+    from segutils.grading import batch, pool
+    from segutils.grading.runner import TWO_PROCESS_DEFAULT
+
+    seen = []
+    monkeypatch.setattr(batch, "_grade_with", lambda pool, options, **kw: seen.append(options.two_process))
+    monkeypatch.setattr(pool, "LocalPool", lambda *a, **k: type("NoPool", (), {"close": lambda self: None})())
+    config = tmp_path / "nbgrader_config.py"
+    for course_line, chosen, expected in [("", None, TWO_PROCESS_DEFAULT), ("", True, True), ("", False, False),
+                                          ("c.SandboxedExecute.two_process = True", None, True),
+                                          ("c.SandboxedExecute.two_process = True", False, False),
+                                          ("c.SandboxedExecute.two_process = False", None, False)]:
+        config.write_text(f"c = get_config()\n{course_line}\n")
+        batch.grade_assignment(batch.BatchOptions(assignment="mini", course=tmp_path, two_process=chosen,
+                                                  sandbox=False, progress=False))
+        assert seen[-1] is expected, (course_line, chosen)
+    config.write_text("c = get_config()\nc.SandboxedExecute.two_process = 1\n")
+    with pytest.raises(batch.GradingError, match="SandboxedExecute.two_process"):
+        batch.grade_assignment(batch.BatchOptions(assignment="mini", course=tmp_path, sandbox=False, progress=False))
+    assert batch._note_meta(batch.BatchOptions(assignment="a", two_process=True), [], False)[1].startswith(
+        "tests: in a grader process")
+    assert "in-process" in batch._note_meta(batch.BatchOptions(assignment="a", two_process=False), [], False)[1]
 
 
 def test_the_tests_default_dtype_holds_for_the_call_and_copies_are_made_remotely():

@@ -16,12 +16,13 @@ from __future__ import annotations
 import datetime
 import os
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from segutils.grading import state
-from segutils.grading.runner import MAX_CELLS, MAX_DEPTH, GradingJob, GradingOptions, GradingResult, load_course_config
+from segutils.grading.runner import (MAX_CELLS, MAX_DEPTH, GradingJob, GradingOptions, GradingResult,
+                                     load_course_config, resolve_two_process)
 
 SQLITE_BUSY_TIMEOUT = 120
 
@@ -50,7 +51,8 @@ class BatchOptions:
     progress: bool = True
     max_cells: int = MAX_CELLS
     max_depth: int = MAX_DEPTH
-    two_process: bool = False
+    #: Tests in a grader process of their own; None: the course config's choice, else the default.
+    two_process: bool | None = None
 
 
 @dataclass
@@ -138,7 +140,9 @@ def _ensure_assignment(course: Path, cfg: Any, db_url: str, assignment: str, lay
 
 
 def _note_meta(options: BatchOptions, gpus: list, cuda_seen: bool) -> list[str]:
-    notes = [f"sandbox: {'bubblewrap' if options.sandbox else 'OFF (--no-sandbox): student code ran with the grader rights'}"]
+    notes = [f"sandbox: {'bubblewrap' if options.sandbox else 'OFF (--no-sandbox): student code ran with the grader rights'}",
+             "tests: in a grader process of their own (two-process grading)" if options.two_process else
+             "tests: in the student's kernel, watched by the guard (in-process grading)"]
     if not gpus and not cuda_seen:
         notes.append("no GPU: the tests ran on the CPU only; the CUDA parts of the hidden tests "
                      "(segutils.testing.devices()) were skipped")
@@ -172,6 +176,12 @@ def grade_assignment(options: BatchOptions) -> BatchSummary:
     _ensure_path()
     config_file = course / "nbgrader_config.py"
     cfg = load_course_config(config_file)
+    try:
+        two_process = resolve_two_process(cfg, options.two_process)
+    except ValueError as error:
+        raise GradingError(str(error)) from None
+    if two_process != options.two_process:
+        options = replace(options, two_process=two_process)  # the jobs and their fingerprint say which mode ran
     cfg.CourseDirectory.root = str(course)
     layout = CourseDirectory(config=cfg)
     db_url = with_busy_timeout(options.db_url or default_db_url(course, cfg))

@@ -9,6 +9,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from segutils.grading.runner import TWO_PROCESS_DEFAULT  # standard library imports only
+
 _GIB = 1 << 30
 
 
@@ -70,9 +72,14 @@ def add_grade_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentP
                         help="reject notebooks whose JSON nests deeper than this (default 100)")
     parser.add_argument("--redact-hidden", action="store_true",
                         help="keep the hidden tests' source out of the feedback (pass/fail and messages stay)")
-    parser.add_argument("--two-process", action="store_true",
-                        help="run the tests in a grader process of their own, never in the student's kernel "
-                             "(see the grading appendix; also c.SandboxedExecute.two_process in the course config)")
+    mode = parser.add_mutually_exclusive_group()
+    default = " (the default unless the course config's c.SandboxedExecute.two_process says otherwise)"
+    mode.add_argument("--two-process", dest="two_process", action="store_true", default=None,
+                      help="run the tests in a grader process of their own, never in the student's kernel"
+                           + (default if TWO_PROCESS_DEFAULT else " (see the grading appendix)"))
+    mode.add_argument("--in-process", "--no-two-process", dest="two_process", action="store_false",
+                      help="run the tests in the student's kernel, watched by the in-process guard"
+                           + ("" if TWO_PROCESS_DEFAULT else default))
     parser.add_argument("--force", action="store_true", help="regrade students whose submission did not change")
     parser.add_argument("--student", action="append", default=[], metavar="ID",
                         help="grade only this student (repeatable); the others' grades are not touched")

@@ -43,6 +43,7 @@ from nbgrader.preprocessors import Execute, NbGraderPreprocessor
 from traitlets import Bool, Dict, Float, Integer, List, Unicode
 
 from segutils.grading import sandbox
+from segutils.grading.runner import TWO_PROCESS_DEFAULT
 
 #: Details of the notebooks graded in this process, by notebook id (filled by the preprocessors).
 DETAILS: dict[str, dict] = {}
@@ -278,7 +279,7 @@ class SandboxedExecute(Execute):
     python = Unicode(sys.executable, help="the interpreter that runs the executor and the kernel").tag(config=True)
     extra_guard_modules = List(Unicode(), help="modules the guard watches besides the locked cells' imports").tag(
         config=True)
-    two_process = Bool(False, help="run the test cells in a grader process of their own, the student's code in "
+    two_process = Bool(TWO_PROCESS_DEFAULT, help="run the test cells in a grader process of their own, the student's code in "
                                    "the student's (segutils.grading.remote); False: tests in the student's kernel, "
                                    "watched by the guard").tag(config=True)
 

@@ -38,6 +38,27 @@ MAX_NOTEBOOK_BYTES = 64 << 20
 #: about 60 cells and a JSON nesting depth under 10 (20 with JSON outputs).
 MAX_CELLS = 2000
 MAX_DEPTH = 100
+#: Whether ``segutils grade`` runs the tests in a grader process of their own when neither the command
+#: line (``--two-process`` / ``--in-process``) nor the course (``c.SandboxedExecute.two_process``) says.
+TWO_PROCESS_DEFAULT = False
+
+
+def resolve_two_process(cfg: Any, chosen: bool | None) -> bool:
+    """Two-process grading or not: ``chosen`` (the command line's) if given, else the course config's
+    ``SandboxedExecute.two_process``, else :data:`TWO_PROCESS_DEFAULT`.
+
+    Raises:
+        ValueError: the course config sets ``SandboxedExecute.two_process`` to something other than a bool.
+    """
+    if chosen is not None:
+        return bool(chosen)
+    section = cfg.get("SandboxedExecute") if hasattr(cfg, "get") else None
+    value = section.get("two_process") if hasattr(section, "get") else None
+    if value is None:
+        return TWO_PROCESS_DEFAULT
+    if not isinstance(value, bool):
+        raise ValueError(f"c.SandboxedExecute.two_process in the course config must be True or False, got {value!r}")
+    return value
 
 
 @dataclass
@@ -52,7 +73,8 @@ class GradingOptions:
     stderr_fails: bool = False
     max_cells: int = MAX_CELLS
     max_depth: int = MAX_DEPTH
-    two_process: bool = False  # tests in a grader process of their own (segutils.grading.remote)
+    #: Tests in a grader process of their own (segutils.grading.remote); None: the course config's choice.
+    two_process: bool | None = None
 
     def fingerprint(self) -> dict:
         gpu = "gpu" if self.gpu else "cpu"
@@ -171,8 +193,8 @@ def nbgrader_config(config_file: Path, *, root: Path, db_url: str, options: Grad
         cfg.SandboxedExecute.timeout = int(options.timeout)
     cfg.GenerateFeedback.preprocessors = [GetGrades, RedactHiddenTests, CSSHTMLHeaderPreprocessor]
     cfg.RedactHiddenTests.enabled = options.redact_hidden
-    if options.two_process:  # else the course's own setting (c.SandboxedExecute.two_process) holds
-        cfg.SandboxedExecute.two_process = True
+    if options.two_process is not None:  # else the course's own setting (c.SandboxedExecute.two_process) holds
+        cfg.SandboxedExecute.two_process = bool(options.two_process)
     configure_feedback(cfg)  # the student's Markdown and outputs must not run in the reader's browser
     return cfg
 
