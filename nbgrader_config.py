@@ -40,3 +40,10 @@ c.LimitOutput.max_traceback = 60
 # Releases must be reproducible: the stub students see in every solution cell.
 c.ClearSolutions.code_stub = {"python": "# YOUR CODE HERE\nraise NotImplementedError()"}
 c.ClearSolutions.enforce_metadata = True
+
+# The course's addresses and name (course.toml, see segutils.course) fill the {{ repo_url }}-style tokens
+# of the sources in the releases; first, so that the locked cells nbgrader stores are the filled ones.
+from nbgrader.converters import GenerateAssignment  # noqa: E402
+
+c.GenerateAssignment.preprocessors = ["segutils.grading.course_identity.FillCourseIdentity",
+                                      *GenerateAssignment.class_traits()["preprocessors"].default()]

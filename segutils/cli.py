@@ -1,4 +1,4 @@
-"""The ``segutils`` command line: ``info``, ``preview``, ``train``, ``weights``, ``segment``, ``grade``."""
+"""The ``segutils`` command line: ``info``, ``preview``, ``train``, ``weights``, ``segment``, ``grade``, ``course``."""
 from __future__ import annotations
 
 import argparse
@@ -146,12 +146,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     from segutils.cli_pretrained import add_pretrained_parsers
     from segutils.audit.cli import add_audit_parser
+    from segutils.course_cli import add_course_parser
     from segutils.grading.cli import add_grade_parser
 
     add_pretrained_parsers(commands)
 
     add_grade_parser(commands)
     add_audit_parser(commands)
+    add_course_parser(commands)
     return parser
 
 
