@@ -100,6 +100,72 @@ def evaluate(
     }
 
 
+def train_one_epoch(
+    model: nn.Module,
+    loader: Iterable[Batch],
+    optimizer: torch.optim.Optimizer,
+    *,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+    device: torch.device | str | None = None,
+    amp: bool | str = "auto",
+    scaler: torch.amp.GradScaler | None = None,
+    num_classes: int | None = None,
+    ignore_index: int = IGNORE_INDEX,
+    progress: bool = False,
+    desc: str = "train",
+) -> dict[str, Any]:
+    """One pass over ``loader``: per-pixel cross-entropy, one optimizer step per batch.
+
+    Args:
+        model: maps images ``(N, C, H, W)`` to logits ``(N, K, H, W)``; put in train mode.
+        loader: yields ``(images (N, C, H, W) float, masks (N, H, W) int64)``.
+        optimizer: updates ``model``'s parameters.
+        scheduler: stepped after every batch when given (e.g. ``OneCycleLR``).
+        amp: mixed precision as in :func:`fit`; ``scaler`` scales float16 gradients.
+        num_classes: ``K``; read from the model's first output when None.
+
+    Returns:
+        ``{"loss", "pixel_accuracy", "mean_iou"}`` of the epoch (the loss is the mean over
+        batches, the metrics are accumulated over all pixels) and ``"num_classes"``.
+
+    Raises:
+        ValueError: the loader yields no batch, or a malformed batch.
+    """
+    device = torch.device(device) if device is not None else get_device()
+    model.train()
+    autocast, amp_dtype = _autocast(device, amp)
+    if scaler is None:
+        scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    confusion = ConfusionMatrix(num_classes, ignore_index, device=device) if num_classes else None
+    loss_sum, batches = torch.zeros((), device=device), 0
+    bar = tqdm(loader, total=_num_batches(loader), desc=desc, disable=not progress, leave=False)
+    for batch in bar:
+        images, masks = _check_batch(batch)
+        images, masks = images.to(device, non_blocking=True), masks.to(device, non_blocking=True)
+        with autocast:
+            logits = model(images)
+        loss = F.cross_entropy(logits.float(), masks, ignore_index=ignore_index)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        if scheduler is not None:
+            scheduler.step()
+        if confusion is None:
+            num_classes = logits.shape[1]
+            confusion = ConfusionMatrix(num_classes, ignore_index, device=device)
+        confusion.update(logits, masks)
+        loss_sum += loss.detach()
+        batches += 1
+        if progress and batches % 10 == 0:
+            bar.set_postfix(loss=f"{loss_sum.item() / batches:.3f}")
+    if confusion is None:
+        raise ValueError("train_loader yielded no batch")
+    metrics = confusion.compute()
+    return {"loss": loss_sum.item() / batches, "pixel_accuracy": metrics["pixel_accuracy"].item(),
+            "mean_iou": metrics["mean_iou"].item(), "num_classes": num_classes}
+
+
 def fit(
     model: nn.Module,
     train_loader: Iterable[Batch],
@@ -114,17 +180,28 @@ def fit(
     ignore_index: int = IGNORE_INDEX,
     seed: int | None = 0,
     max_seconds: float | None = None,
+    patience: int | None = None,
     progress: bool = True,
     callback: Callable[[int, nn.Module, dict[str, list[float]]], bool | None] | None = None,
 ) -> dict[str, list[float]]:
-    """Train ``model`` with AdamW, a cosine learning-rate schedule and per-pixel cross-entropy.
+    """Train ``model`` with AdamW and per-pixel cross-entropy: :func:`train_one_epoch`, then
+    :func:`evaluate` on ``val_loader``, once per epoch.
+
+    Two schedules:
+
+    - ``patience=None`` (default): ``epochs`` passes with a one-cycle (warm-up, then cosine)
+      learning-rate schedule.
+    - ``patience=p``: train to a plateau of the validation loss. The learning rate stays at
+      ``lr`` until the validation loss has not improved for ``p`` epochs, then drops
+      tenfold; training stops at the next such plateau (or after ``epochs`` epochs, the cap),
+      and the weights of the epoch with the lowest validation loss are restored.
 
     Args:
         model: maps images ``(N, C, H, W)`` to logits ``(N, K, H, W)``.
         train_loader: yields ``(images (N, C, H, W) float, masks (N, H, W) int64)``;
             pixels labelled ``ignore_index`` count in neither loss nor metrics.
-        val_loader: evaluated after every epoch when given.
-        epochs: passes over ``train_loader``.
+        val_loader: evaluated after every epoch when given (required with ``patience``).
+        epochs: passes over ``train_loader`` (with ``patience``: at most this many).
         lr: peak learning rate.
         device: where to train; :func:`segutils.get_device` when None.
         amp: mixed precision: "auto" uses it on CUDA only (bfloat16 where supported,
@@ -133,6 +210,8 @@ def fit(
         seed: seeds PyTorch before training (initial shuffles, dropout), so a run on
             the CPU repeats exactly; None leaves the global state alone.
         max_seconds: stop after the epoch in which this much time has passed.
+        patience: epochs without a lower validation loss that count as a plateau (None:
+            the fixed one-cycle schedule).
         progress: show a tqdm progress bar (renders as a widget in notebooks).
         callback: called as ``callback(epoch, model, history)`` after every epoch
             (e.g. to record predictions as training goes); returning True stops
@@ -140,71 +219,69 @@ def fit(
 
     Returns:
         The history, one entry per epoch in each of the lists
-        ``{"epoch", "train_loss", "train_pixel_accuracy", "train_mean_iou", "seconds"}``, plus
-        ``"val_loss", "val_pixel_accuracy", "val_mean_iou"`` with a ``val_loader``.
+        ``{"epoch", "lr", "train_loss", "train_pixel_accuracy", "train_mean_iou", "seconds"}``, plus
+        ``"val_loss", "val_pixel_accuracy", "val_mean_iou"`` with a ``val_loader``, and with
+        ``patience`` ``"best_epoch"``: a one-element list, the epoch whose weights were kept.
     """
     if epochs < 1:
         raise ValueError(f"epochs should be >= 1, got {epochs}")
+    if patience is not None and (isinstance(patience, bool) or not isinstance(patience, int) or patience < 1):
+        raise ValueError(f"patience should be None or an int >= 1, got {patience!r}")
+    if patience is not None and val_loader is None:
+        raise ValueError("patience needs a val_loader: the plateau is one of the validation loss")
     if seed is not None:
         torch.manual_seed(seed)
     device = torch.device(device) if device is not None else get_device()
     model.to(device)
-    autocast, amp_dtype = _autocast(device, amp)
+    _, amp_dtype = _autocast(device, amp)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     steps_per_epoch = _num_batches(train_loader)
     scheduler = (
         torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=epochs * steps_per_epoch, pct_start=0.1)
-        if steps_per_epoch
+        if steps_per_epoch and patience is None
         else None
     )
-    history: dict[str, list[float]] = {"epoch": [], "train_loss": [], "train_pixel_accuracy": [], "train_mean_iou": [], "seconds": []}
+    history: dict[str, list[float]] = {"epoch": [], "lr": [], "train_loss": [], "train_pixel_accuracy": [],
+                                       "train_mean_iou": [], "seconds": []}
+    best_loss, best_epoch, best_state, waited, dropped = math.inf, 0, None, 0, False
     start = time.perf_counter()
     for epoch in range(1, epochs + 1):
-        model.train()
-        confusion = ConfusionMatrix(num_classes, ignore_index, device=device) if num_classes else None
-        loss_sum, batches = torch.zeros((), device=device), 0
-        bar = tqdm(train_loader, total=steps_per_epoch, desc=f"epoch {epoch}/{epochs}", disable=not progress, leave=epoch == epochs)
-        for batch in bar:
-            images, masks = _check_batch(batch)
-            images, masks = images.to(device, non_blocking=True), masks.to(device, non_blocking=True)
-            with autocast:
-                logits = model(images)
-            loss = F.cross_entropy(logits.float(), masks, ignore_index=ignore_index)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            if scheduler is not None:
-                scheduler.step()
-            if confusion is None:
-                num_classes = logits.shape[1]
-                confusion = ConfusionMatrix(num_classes, ignore_index, device=device)
-            confusion.update(logits, masks)
-            loss_sum += loss.detach()
-            batches += 1
-            if progress and batches % 10 == 0:
-                bar.set_postfix(loss=f"{loss_sum.item() / batches:.3f}")
-        if confusion is None:
-            raise ValueError("train_loader yielded no batch")
-        metrics = confusion.compute()
+        history["lr"].append(optimizer.param_groups[0]["lr"])
+        train = train_one_epoch(model, train_loader, optimizer, scheduler=scheduler, device=device, amp=amp,
+                                scaler=scaler, num_classes=num_classes, ignore_index=ignore_index, progress=progress,
+                                desc=f"epoch {epoch}/{epochs}")
+        num_classes = train["num_classes"]
         history["epoch"].append(epoch)
-        history["train_loss"].append(loss_sum.item() / batches)
-        history["train_pixel_accuracy"].append(metrics["pixel_accuracy"].item())
-        history["train_mean_iou"].append(metrics["mean_iou"].item())
+        for key in ("loss", "pixel_accuracy", "mean_iou"):
+            history[f"train_{key}"].append(train[key])
         if val_loader is not None:
             val = evaluate(model, val_loader, num_classes, device, ignore_index, amp)
             for key in ("loss", "pixel_accuracy", "mean_iou"):
                 history.setdefault(f"val_{key}", []).append(val[key])
         history["seconds"].append(time.perf_counter() - start)
-        if progress:
-            shown = {k: f"{v[-1]:.3f}" for k, v in history.items() if k.endswith(("loss", "mean_iou"))}
-            bar.set_postfix(shown)
         if not math.isfinite(history["train_loss"][-1]):
             raise FloatingPointError(f"training diverged in epoch {epoch}: loss is {history['train_loss'][-1]}")
+        plateau = False
+        if patience is not None:
+            if history["val_loss"][-1] < best_loss:
+                best_loss, best_epoch, waited = history["val_loss"][-1], epoch, 0
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            else:
+                waited += 1
+            if waited >= patience:
+                if dropped:
+                    plateau = True
+                else:  # the first plateau: a tenfold smaller step, then wait for the next one
+                    for group in optimizer.param_groups:
+                        group["lr"] *= 0.1
+                    dropped, waited = True, 0
         stop = callback(epoch, model, history) if callback is not None else False
-        if stop or (max_seconds is not None and history["seconds"][-1] >= max_seconds):
+        if stop or plateau or (max_seconds is not None and history["seconds"][-1] >= max_seconds):
             break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+        history["best_epoch"] = [best_epoch]
     return history
 
 

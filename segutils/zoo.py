@@ -42,6 +42,8 @@ class TrainingConfig:
     seed: int = 0
     #: ``ShapesDataset(outline_detail=...)``: amplitude of waves along the outlines (0: none).
     outline_detail: float = 0.0
+    #: ``fit(patience=...)``: train to a plateau of the validation loss, ``epochs`` being the cap (None: fixed epochs).
+    patience: int | None = None
 
 
 def cache_dir() -> Path:
@@ -116,7 +118,8 @@ def trained_model(
         history = load_checkpoint(path, model)["extra"]["history"]
     else:
         train_loader, val_loader = loaders(config)
-        history = fit(model, train_loader, val_loader, epochs=config.epochs, lr=config.lr, device=device, seed=config.seed, progress=progress)
+        history = fit(model, train_loader, val_loader, epochs=config.epochs, lr=config.lr, device=device, seed=config.seed,
+                      patience=config.patience, progress=progress)
         model.cpu()
         tmp = path.with_suffix(".tmp")
         save_checkpoint(tmp, model, history=history, name=name)

@@ -8,7 +8,7 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardInd
 
 from segutils.data import IGNORE_INDEX, ShapesDataset
 from segutils.models import PlainFCN
-from segutils.train import evaluate, fit, load_checkpoint, save_checkpoint
+from segutils.train import evaluate, fit, load_checkpoint, save_checkpoint, train_one_epoch
 
 
 def tiny_loaders(n: int = 16, size: int = 16, batch_size: int = 8):
@@ -123,3 +123,53 @@ def test_callback_sees_every_epoch_and_can_stop_training():
     history = fit(tiny_model(), train, epochs=5, device="cpu", progress=False, callback=callback)
     assert seen == [(1, 1, True), (2, 2, True)]
     assert history["epoch"] == [1, 2]
+
+
+def test_fit_is_train_one_epoch_then_evaluate():
+    """fit's history equals what the two parts give when called by hand (same seed, same schedule-free steps)."""
+    train, val = tiny_loaders()
+    history = fit(tiny_model(), train, val, epochs=2, lr=1e-2, device="cpu", seed=5, patience=5, progress=False)
+    torch.manual_seed(5)
+    model = tiny_model()
+    torch.manual_seed(5)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=1e-4)
+    for epoch in range(2):
+        step = train_one_epoch(model, train, optimizer, device="cpu")
+        assert step["loss"] == pytest.approx(history["train_loss"][epoch], rel=1e-6)
+        assert step["mean_iou"] == pytest.approx(history["train_mean_iou"][epoch], rel=1e-6)
+        assert evaluate(model, val, 5, device="cpu")["loss"] == pytest.approx(history["val_loss"][epoch], rel=1e-6)
+    assert not model.training or step["num_classes"] == 5
+
+
+def test_train_one_epoch_steps_the_scheduler_per_batch_and_rejects_an_empty_loader():
+    train, _ = tiny_loaders(n=16, batch_size=4)                  # 4 batches
+    model = tiny_model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.5)
+    train_one_epoch(model, train, optimizer, scheduler=scheduler, device="cpu")
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.5**4)
+    with pytest.raises(ValueError, match="no batch"):
+        train_one_epoch(model, [], optimizer, device="cpu")
+
+
+def test_patience_trains_to_a_plateau_drops_the_rate_once_and_keeps_the_best_weights():
+    train, val = tiny_loaders()
+    model = tiny_model()
+    history = fit(model, train, val, epochs=60, lr=3e-2, device="cpu", patience=2, progress=False)
+    losses, lrs, best = history["val_loss"], history["lr"], history["best_epoch"][0]
+    assert len(history["epoch"]) < 60, "a tiny model on 16 images should plateau well before the cap"
+    assert losses[best - 1] == min(losses)
+    assert sorted(set(lrs), reverse=True) == pytest.approx([3e-2, 3e-3]) and lrs == sorted(lrs, reverse=True)
+    # stopped exactly when the loss had not improved for `patience` epochs after the drop
+    dropped_at = lrs.index(min(lrs))
+    assert min(losses[-2:]) >= min(losses[:-2]) and len(losses) - dropped_at >= 2
+    # the model holds the best epoch's weights: evaluating it gives the best validation loss
+    assert evaluate(model, val, 5, device="cpu")["loss"] == pytest.approx(min(losses), rel=1e-5)
+
+
+def test_patience_needs_validation_data_and_a_positive_int():
+    train, val = tiny_loaders(n=8)
+    with pytest.raises(ValueError, match="patience needs a val_loader"):
+        fit(tiny_model(), train, epochs=2, patience=2, progress=False)
+    with pytest.raises(ValueError, match="patience should be None or an int >= 1"):
+        fit(tiny_model(), train, val, epochs=2, patience=0, progress=False)
