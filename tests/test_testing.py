@@ -998,3 +998,74 @@ def test_import_loads_no_test_framework_or_metrics_library():
             "print(sorted(m for m in ('pytest', 'torchmetrics', 'segutils.models') if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
+
+
+# ---------------------------------------------------------------------------------------------
+# Feature maps and parameters of a network (trace_feature_maps, check_parameters_get_gradients)
+# ---------------------------------------------------------------------------------------------
+
+
+class _TwoLevelNet(nn.Module):
+    """Conv, pool, conv, upsample; with ``skip`` the last conv also reads the first conv's map."""
+
+    def __init__(self, skip: bool, unused: bool = False) -> None:
+        super().__init__()
+        self.skip = skip
+        self.enc = nn.Conv2d(3, 4, 3, padding=1)
+        self.mid = nn.Conv2d(4, 4, 3, padding=1)
+        self.head = nn.Conv2d(8 if skip else 4, 2, 1)
+        if unused:
+            self.spare = nn.Conv2d(4, 4, 1)
+
+    def forward(self, x):
+        e = self.enc(x)
+        m = F.interpolate(self.mid(F.max_pool2d(e, 2)), scale_factor=2.0)
+        return self.head(torch.cat([e, m], 1) if self.skip else m)
+
+
+@pytest.mark.parametrize("skip", [True, False])
+def test_trace_feature_maps_records_shapes_sources_and_skips(skip):
+    maps = testing.trace_feature_maps(_TwoLevelNet(skip), torch.randn(2, 3, 8, 6))
+    names = [name for name, _, _ in maps]
+    assert names[:4] == ["conv2d", "max_pool2d", "conv2d", "interpolate"], names
+    # Shapes and sources written out by hand for this network: enc (0) -> pool (1) -> mid (2) -> up (3).
+    assert [shape for _, shape, _ in maps[:4]] == [(2, 4, 8, 6), (2, 4, 4, 3), (2, 4, 4, 3), (2, 4, 8, 6)]
+    assert [sources for _, _, sources in maps[:4]] == [[], [0], [1], [2]]
+    assert testing.coarsest_map(maps) == 1
+    reused = testing.encoder_maps_reused(maps)
+    assert bool(reused) == skip  # the control: the same network without its skip reads no encoder map
+    if skip:
+        assert reused[0][1] == "cat" and reused[0][0] == 4
+
+
+def test_trace_feature_maps_ignores_other_batch_sizes_and_rejects_bad_images(capsys):
+    maps = testing.trace_feature_maps(lambda x: x.new_zeros(3, 1, 2, 2) + x.mean(), torch.randn(2, 3, 4, 4))
+    assert maps == []
+    with pytest.raises(TypeError, match="N, C, H, W"):
+        testing.trace_feature_maps(_TwoLevelNet(True), torch.randn(3, 4, 4))
+    testing.show_trace(testing.trace_feature_maps(_TwoLevelNet(True), torch.randn(1, 3, 4, 4)))
+    out = capsys.readouterr().out
+    assert "<- coarsest" in out and "<- reads an encoder map" in out
+    with pytest.raises(ValueError, match="no feature map"):
+        testing.coarsest_map([])
+
+
+def test_check_parameters_get_gradients_passes_used_layers_and_fails_an_unused_one():
+    net = _TwoLevelNet(True)
+    testing.check_parameters_get_gradients(net, torch.randn(2, 3, 8, 6))
+    assert all(p.grad is None for p in net.parameters())  # autograd.grad: .grad left as it was
+    with pytest.raises(AssertionError, match=r"2 of 8 got none, e.g. \['spare.weight', 'spare.bias'\]"):
+        testing.check_parameters_get_gradients(_TwoLevelNet(True, unused=True), torch.randn(2, 3, 8, 6))
+
+
+def test_check_parameters_get_gradients_fails_a_detached_output_and_a_raising_forward():
+    class Detached(_TwoLevelNet):
+        def forward(self, x):
+            return super().forward(x).detach()
+
+    with pytest.raises(AssertionError, match="does not depend on any parameter"):
+        testing.check_parameters_get_gradients(Detached(False), torch.randn(1, 3, 4, 4))
+    with pytest.raises(AssertionError, match="raised RuntimeError"):
+        testing.check_parameters_get_gradients(_TwoLevelNet(False), torch.randn(1, 5, 4, 4))
+    with pytest.raises(TypeError, match="nn.Module"):
+        testing.check_parameters_get_gradients(lambda x: x, torch.randn(1))

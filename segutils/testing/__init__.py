@@ -20,6 +20,9 @@ the reference solution works. Mistakes of the test author (a wrong argument type
 - :func:`run_on_fake_cuda`: runs a function on a simulated GPU (tensors that say ``cuda`` and
   hold CPU data): a hard-coded device is caught without a GPU, value-dependent code runs;
   forward only (a backward pass raises :class:`FakeCudaUnsupported`).
+- :func:`trace_feature_maps` (with :func:`coarsest_map`, :func:`encoder_maps_reused`,
+  :func:`show_trace`) and :func:`check_parameters_get_gradients`: what a network computes
+  inside (downsampling, skip connections, unused layers).
 
 Checks for hidden tests, each one call in a graded cell (every failure message names the call,
 with argument shapes, dtypes, layout and device):
@@ -56,7 +59,8 @@ The code is split into one module per tool: ``values`` (``assert_close``), ``env
 (``devices``, ``seed_everything``), ``operators`` (``count_ops``, ``total_ops``,
 ``assert_vectorized``), ``forbidden`` (``forbid_ops`` and the operator sets), ``delegation``
 (``assert_no_delegation``), ``device_agnostic`` (``check_device_agnostic``) and ``host_sync``
-(``no_host_sync``), ``fake_cuda`` (``run_on_fake_cuda``), ``variants`` (``check_values``,
+(``no_host_sync``), ``fake_cuda`` (``run_on_fake_cuda``), ``feature_maps`` (``trace_feature_maps``,
+``check_parameters_get_gradients``), ``variants`` (``check_values``,
 ``Case``, ``layout_variants``), ``gradients`` (``check_gradients``), ``device_dtype``
 (``check_devices_and_dtypes``) and ``validation`` (``check_raises``). Import every name from ``segutils.testing`` itself.
 """
@@ -67,6 +71,9 @@ from .device_agnostic import check_device_agnostic
 from .device_dtype import check_devices_and_dtypes
 from .environment import devices, seed_everything
 from .fake_cuda import FakeCudaUnsupported, run_on_fake_cuda
+from .feature_maps import (
+    check_parameters_get_gradients, coarsest_map, encoder_maps_reused, show_trace, trace_feature_maps,
+)
 from .forbidden import (
     CONVOLUTION_OPS, CROSS_ENTROPY_OPS, INTERPOLATION_OPS, UNPOOL_OPS, check_no_builtin, forbid_ops,
 )
@@ -91,15 +98,20 @@ __all__ = [
     "check_devices_and_dtypes",
     "check_gradients",
     "check_no_builtin",
+    "check_parameters_get_gradients",
     "check_raises",
     "check_values",
+    "coarsest_map",
     "count_ops",
     "describe_call",
     "devices",
+    "encoder_maps_reused",
     "forbid_ops",
     "layout_variants",
     "no_host_sync",
     "run_on_fake_cuda",
     "seed_everything",
+    "show_trace",
     "total_ops",
+    "trace_feature_maps",
 ]
