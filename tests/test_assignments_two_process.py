@@ -1,0 +1,48 @@
+"""Two-process grading (``segutils grade --two-process``) gives each assignment's reference full marks.
+
+In that mode the test cells run in a grader process and reach the student's names through proxies
+(``segutils.grading.remote``), so a hidden test that only works next to the student's code (a
+module class defined by the test cell, a measurement of the student's model by a function that
+needs a real ``nn.Module``, a dispatch mode of the test's own) loses the reference points there while
+plain ``nbgrader autograde`` (``tests/test_assignments.py``) still gives full marks.
+"""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import nbformat
+import pytest
+
+import nbgrader_harness as h
+from segutils.grading import sandbox
+
+
+def _sandbox_args() -> list[str]:
+    try:
+        sandbox.check_sandbox()
+    except sandbox.SandboxUnavailable:
+        return ["--no-sandbox"]
+    return []
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("aid", [pytest.param(a, marks=pytest.mark.xdist_group(f"two-process-{a}"))
+                                 for a in h.assignment_ids()])
+def test_reference_scores_full_marks_with_two_processes(aid, tmp_path):
+    course = h.make_course(tmp_path / "course", [aid])
+    release = h.read_notebook(h.generate_release(course, aid))
+    source = h.read_notebook(course / "solutions" / aid / f"{aid}.ipynb")
+    export = tmp_path / "export"
+    export.mkdir()
+    nbformat.write(h.submission(release, source), export / f"{h.REFERENCE}.ipynb")
+    run = subprocess.run(
+        [sys.executable, "-m", "segutils", "grade", aid, "--course-dir", str(course), "--submissions", str(export),
+         "--workers", "1", "--no-progress", "--two-process", *_sandbox_args()],
+        capture_output=True, text=True, env=h._environment({"CUDA_VISIBLE_DEVICES": ""}), cwd=course, timeout=1800)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    scores = h.read_scores(course, aid, h.REFERENCE)
+    assert set(scores) == set(h.graded_test_cells(source)), "the gradebook does not hold every graded cell"
+    nb = h.autograded_notebook(course, aid, h.REFERENCE)
+    lost = {gid: h.error_summary(cell) for gid, cell in h.graded_test_cells(nb).items() if not scores[gid].full}
+    assert not lost, f"the reference of {aid} loses points under two-process grading: {lost}"
