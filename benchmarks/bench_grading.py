@@ -1,17 +1,24 @@
 """Benchmark: ``segutils grade --workers 2`` against serial ``nbgrader autograde`` on the same a1 batch.
 
-Both grade the same generated submissions of ``a1_sliding_window`` (the reference answer, the
-blank release and the a1 fixtures of ``tests/fixtures/a1_sliding_window``, cycled to the batch
-size) in two copies of one course, in the same run. Rows:
+All grade the same generated submissions of ``a1_sliding_window`` (the reference answer, the
+blank release and the a1 fixtures of ``tests/fixtures/a1_sliding_window``, all honest, cycled to
+the batch size) in copies of one course, in the same run. Rows:
 
 - ``nbgrader autograde (serial)``: wall seconds of ``nbgrader autograde a1_sliding_window``;
-- ``segutils grade --workers 2``: wall seconds, ``ratio`` = nbgrader's seconds / these seconds
-  (the goal is >= 1.7 with two cores free), ``identical_scores`` (every test cell of every
-  student scored the same by both, read back from the two gradebooks), and the per-submission
-  overhead: mean seconds a job spent outside notebook execution (process start, sandbox,
-  nbgrader's conversions and the feedback HTML).
+- ``segutils grade --workers 2 --two-process`` (the tests in a grader process of their own) and
+  ``... --in-process`` (the tests in the student's kernel): wall seconds, ``ratio`` = nbgrader's
+  seconds / these seconds (the goal is >= 1.7 with two cores free), ``identical_scores`` (every
+  test cell of every student scored the same as by nbgrader, read back from the gradebooks), and
+  the per-submission overhead: mean seconds a job spent outside the notebook's execution (process
+  starts, sandboxes, nbgrader's conversions, the feedback HTML; in two-process mode also the grader
+  process's start, as far as it does not overlap the student's);
+- the two-process row also has ``vs_in_process``: its wall seconds / the in-process row's, and
+  ``overhead_vs_in_process_s``: the difference of their per-submission overheads (both measured in
+  this run, so a loaded machine shifts both).
 
-Full mode grades 24 submissions, quick mode 4. The sandbox is used when bubblewrap works here.
+Every row has the machine's load (1-minute average, ``os.getloadavg``) before and after it ran:
+compare rows of one run, and absolute numbers only from an idle machine. Full mode grades 24
+submissions, quick mode 4. The sandbox is used when bubblewrap works here.
 """
 from __future__ import annotations
 
@@ -73,45 +80,70 @@ def _sandbox_works() -> bool:
         return False
 
 
+def _load() -> str:
+    return f"{os.getloadavg()[0]:.2f}"
+
+
+def _segutils_grade(course: Path, env: dict, sandboxed: bool, mode: str) -> tuple[float, dict, list[dict], str]:
+    """Grade ``course`` with ``segutils grade --workers 2 MODE``: wall seconds, scores, state files, load."""
+    command = [sys.executable, "-m", "segutils", "grade", ASSIGNMENT, "--course-dir", str(course),
+               "--workers", "2", "--no-progress", "--sandbox" if sandboxed else "--no-sandbox", mode]
+    load = _load()
+    start = time.perf_counter()
+    done = subprocess.run(command, env=env, capture_output=True, text=True, cwd=course)
+    seconds = time.perf_counter() - start
+    if done.returncode not in (0, 1):
+        raise RuntimeError(f"segutils grade {mode} failed ({done.returncode}):\n{done.stdout[-3000:]}\n"
+                           f"{done.stderr[-3000:]}")
+    states = [json.loads(p.read_text()) for p in (course / "reports" / ASSIGNMENT / "state").glob("*.json")]
+    return seconds, _scores(course), states, f"{load} -> {_load()}"
+
+
+def _row(case: str, count: int, seconds: float, nbgrader_seconds: float, expected: dict, got: dict,
+         states: list[dict], load: str) -> dict:
+    differences = sorted(f"{s}/{cell}" for s in expected for cell in expected[s]
+                         if got.get(s, {}).get(cell) != expected[s][cell])
+    overhead = sum(float(s["seconds"]) - float(s["exec_seconds"]) for s in states) / max(1, len(states))
+    execution = sum(float(s["exec_seconds"]) for s in states) / max(1, len(states))
+    return {"benchmark": "grading", "case": case, "submissions": count, "seconds": seconds,
+            "per_submission": seconds / count, "ratio": nbgrader_seconds / seconds,
+            "identical_scores": not differences and len(got) == len(expected),
+            "differences": ", ".join(differences[:10]), "exec_s_per_submission": execution,
+            "overhead_s_per_submission": overhead, "load_1min": load, "cpus": os.cpu_count()}
+
+
 def run(quick: bool = False) -> list[dict]:
     count = 4 if quick else 24
     harness = _harness()
     sandboxed = _sandbox_works()
+    where = "sandbox" if sandboxed else "no sandbox"
     with tempfile.TemporaryDirectory(prefix="bench-grading-") as tmp:
         root = Path(tmp)
         nbgrader_course, students = make_batch(root, count)
-        segutils_course = root / "segutils"
-        shutil.copytree(nbgrader_course, segutils_course)
-        (segutils_course / "gradebook.db").unlink(missing_ok=True)
+        courses = {}
+        for mode in ("two-process", "in-process"):
+            courses[mode] = root / f"segutils-{mode}"
+            shutil.copytree(nbgrader_course, courses[mode])
+            (courses[mode] / "gradebook.db").unlink(missing_ok=True)
 
+        load = _load()
         start = time.perf_counter()
         harness.autograde(nbgrader_course, ASSIGNMENT)
         nbgrader_seconds = time.perf_counter() - start
+        nbgrader_load = f"{load} -> {_load()}"
+        expected = _scores(nbgrader_course)
 
         env = harness._environment(None)
-        command = [sys.executable, "-m", "segutils", "grade", ASSIGNMENT, "--course-dir", str(segutils_course),
-                   "--workers", "2", "--no-progress", "--sandbox" if sandboxed else "--no-sandbox"]
-        start = time.perf_counter()
-        done = subprocess.run(command, env=env, capture_output=True, text=True, cwd=segutils_course)
-        segutils_seconds = time.perf_counter() - start
-        if done.returncode not in (0, 1):
-            raise RuntimeError(f"segutils grade failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
-
-        expected, got = _scores(nbgrader_course), _scores(segutils_course)
-        differences = sorted(f"{s}/{cell}" for s in expected for cell in expected[s]
-                             if got.get(s, {}).get(cell) != expected[s][cell])
-        states = [json.loads(p.read_text()) for p in (segutils_course / "reports" / ASSIGNMENT / "state").glob("*.json")]
-        overhead = sum(float(s["seconds"]) - float(s["exec_seconds"]) for s in states) / max(1, len(states))
-        execution = sum(float(s["exec_seconds"]) for s in states) / max(1, len(states))
-    return [
-        {"benchmark": "grading", "case": "nbgrader autograde (serial)", "submissions": count,
-         "seconds": nbgrader_seconds, "per_submission": nbgrader_seconds / count},
-        {"benchmark": "grading", "case": f"segutils grade --workers 2 ({'sandbox' if sandboxed else 'no sandbox'})",
-         "submissions": count, "seconds": segutils_seconds, "per_submission": segutils_seconds / count,
-         "ratio": nbgrader_seconds / segutils_seconds, "identical_scores": not differences,
-         "differences": ", ".join(differences[:10]), "exec_s_per_submission": execution,
-         "overhead_s_per_submission": overhead, "cpus": os.cpu_count()},
-    ]
+        rows = [{"benchmark": "grading", "case": "nbgrader autograde (serial)", "submissions": count,
+                 "seconds": nbgrader_seconds, "per_submission": nbgrader_seconds / count, "load_1min": nbgrader_load}]
+        for mode in ("two-process", "in-process"):
+            seconds, got, states, mode_load = _segutils_grade(courses[mode], env, sandboxed, f"--{mode}")
+            rows.append(_row(f"segutils grade --workers 2 --{mode} ({where})", count, seconds, nbgrader_seconds,
+                             expected, got, states, mode_load))
+    two, one = rows[1], rows[2]
+    two["vs_in_process"] = two["seconds"] / one["seconds"]
+    two["overhead_vs_in_process_s"] = two["overhead_s_per_submission"] - one["overhead_s_per_submission"]
+    return rows
 
 
 if __name__ == "__main__":

@@ -20,9 +20,13 @@ def test_grading_benchmark_agrees_with_nbgrader_and_reports_speed():
     from benchmarks import bench_grading
 
     rows = bench_grading.run(quick=True)
-    nbgrader_row, segutils_row = rows
-    assert nbgrader_row["submissions"] == segutils_row["submissions"] == 4
-    assert segutils_row["identical_scores"], segutils_row["differences"]
-    assert segutils_row["ratio"] > 0 and segutils_row["overhead_s_per_submission"] > 0
-    print(f"\nsegutils grade --workers 2 vs nbgrader autograde: {segutils_row['ratio']:.2f}x, "
-          f"overhead {segutils_row['overhead_s_per_submission']:.1f} s/submission")
+    nbgrader_row, two_process, in_process = rows
+    assert "--two-process" in two_process["case"] and "--in-process" in in_process["case"]
+    for row in (two_process, in_process):
+        assert nbgrader_row["submissions"] == row["submissions"] == 4
+        assert row["identical_scores"], f"{row['case']}: {row['differences']}"
+        assert row["ratio"] > 0 and row["overhead_s_per_submission"] > 0 and row["load_1min"]
+    assert two_process["vs_in_process"] > 0
+    print(f"\nsegutils grade --workers 2 vs nbgrader autograde: two-process {two_process['ratio']:.2f}x, "
+          f"in-process {in_process['ratio']:.2f}x; overhead {two_process['overhead_s_per_submission']:.1f} vs "
+          f"{in_process['overhead_s_per_submission']:.1f} s/submission (load {two_process['load_1min']})")
