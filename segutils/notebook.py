@@ -135,12 +135,15 @@ def connected_components(region: torch.Tensor) -> torch.Tensor:
         ids = grown
 
 
-def png_base64(fig, dpi: int = 80) -> str:
-    """The matplotlib figure as a base64 PNG string (for ``<img>`` tags in widgets); closes the figure."""
+def png_base64(fig, dpi: int = 80, **savefig_kwargs) -> str:
+    """The matplotlib figure as a base64 PNG string (for ``<img>`` tags in widgets); closes the figure.
+
+    Further keyword arguments go to ``fig.savefig`` (e.g. ``bbox_inches="tight"``).
+    """
     import matplotlib.pyplot as plt
 
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=dpi)
+    fig.savefig(buffer, format="png", dpi=dpi, **savefig_kwargs)
     plt.close(fig)
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 

@@ -85,6 +85,11 @@ def test_png_base64_is_a_png_of_the_figure_size():
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
     assert plt.imread(io.BytesIO(data)).shape[:2] == (50, 100)
     assert not plt.fignum_exists(fig.number)
+    tight = plt.figure(figsize=(2, 1))
+    tight.text(0.5, 0.5, "x")
+    data = base64.b64decode(png_base64(tight, dpi=50, bbox_inches="tight"))
+    height, width = plt.imread(io.BytesIO(data)).shape[:2]
+    assert height < 50 and width < 100                               # cropped to the text
 
 
 def test_show_puts_channels_last_and_clamps():
