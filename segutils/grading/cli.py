@@ -86,6 +86,9 @@ def add_grade_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentP
     parser.add_argument("--gpus", type=_nonnegative_int, default=None,
                         help="GPUs to use, one per worker (default: all NVIDIA GPUs found; 0: CPU only)")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    from segutils.grading.post import add_arguments
+
+    add_arguments(parser)  # --cell, --release-feedback, --export
     parser.set_defaults(run=run_grade)
     return parser
 
@@ -95,7 +98,7 @@ def run_grade(args: argparse.Namespace) -> int:
     # jsonschema's optional rfc3987_syntax plug-in builds a grammar at import (seconds) and nbformat never
     # uses it: the command does without (see segutils.grading.sandbox.bootstrap_command).
     sys.modules.setdefault("rfc3987_syntax", None)  # type: ignore[assignment]
-    from segutils.grading.batch import BatchOptions, GradingError, grade_assignment
+    from segutils.grading.batch import BatchOptions, GradingError
     from segutils.grading.report import printable
 
     limits: dict = {}
@@ -122,8 +125,11 @@ def run_grade(args: argparse.Namespace) -> int:
         db_url=args.db_url, scheduler=args.scheduler, sandbox=args.sandbox, timeout=args.timeout,
         redact_hidden=args.redact_hidden, force=args.force, students=list(args.student), gpus=args.gpus,
         limits=limits, progress=args.progress, two_process=args.two_process, **caps)
+    from segutils.grading.post import after_batch, run_batch
+
     try:
-        summary = grade_assignment(options)
+        summary, regraded = run_batch(options, args)
+        after = after_batch(options, args) if not summary.interrupted else []
     except GradingError as error:
         print(f"segutils grade: {error}", file=sys.stderr)
         return 2
@@ -138,6 +144,8 @@ def run_grade(args: argparse.Namespace) -> int:
         print(f"  grades: {summary.csv}")
     if summary.report:
         print(f"  report: {summary.report}")
+    for line in regraded + after:
+        print(printable(line))
     if summary.interrupted:
         print("interrupted: every student graded so far is saved; run the same command again to continue",
               file=sys.stderr)
