@@ -245,3 +245,26 @@ def test_the_book_build_fills_the_links_from_the_setting(tmp_path):
                      OTHER.repository}
     assert f"!pip install git+{OTHER.repository}" in re.sub(r"<[^>]+>", "", page)  # words in <span>s
     assert "{{" not in page and "repo_url" not in page
+
+
+def test_the_instructor_guides_commands_parse_with_the_real_command_line():
+    """Every `segutils ...` command of the guide's term walk-through is accepted by the parser as written."""
+    import shlex
+
+    from segutils.cli import build_parser
+
+    guide = (REPO / "book" / "appendix" / "instructor_guide.md").read_text()
+    blocks = re.findall(r"```bash\n(.*?)```", guide, flags=re.S)
+    commands = []
+    for block in blocks:
+        for line in re.sub(r"\\\n\s*", " ", block).splitlines():
+            line = line.split("#")[0].strip()
+            if line.startswith("segutils "):
+                commands.append(shlex.split(line)[1:])
+    wanted = {"course init", "grade --export", "grade --cell", "grade --release-feedback"}
+    seen = {" ".join(c[:2]) if c[0] == "course" else next((f"grade {a}" for a in c if a in
+            ("--export", "--cell", "--release-feedback")), "") for c in commands}
+    assert wanted <= seen, f"the guide lacks {wanted - seen}"
+    parser = build_parser()
+    for command in commands:
+        parser.parse_args(command)  # argparse exits (SystemExit) on an option the command does not have
