@@ -16,6 +16,9 @@ needs around them:
 - :mod:`~segutils.grading.state`: what was graded, from which submission (re-runs skip it).
 - :mod:`~segutils.grading.batch`: the whole command: import, schedule, persist, export, report.
 - :mod:`~segutils.grading.report`: the summary HTML with plots.
+- :mod:`~segutils.grading.post`: what follows a batch: ``--cell`` (:mod:`~segutils.grading.regrade`),
+  ``--release-feedback`` (:mod:`~segutils.grading.feedback_timing`), ``--export`` (:mod:`~segutils.grading.export`).
+- :mod:`~segutils.grading.course_identity`: the course's addresses (``course.toml``) filled into the releases.
 - :mod:`~segutils.grading.cli`: ``add_grade_parser`` for the ``segutils`` command line.
 
 Heavy dependencies (nbgrader, nbclient, dask, matplotlib) are imported where they are used.
