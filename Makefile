@@ -59,8 +59,10 @@ test: $(STAMP) system-packages
 
 # One release per solutions/<id>/<id>.ipynb. nbgrader's output is byte-stable (no timestamps, cell ids
 # kept from the source), so an unchanged source regenerates an identical release; tests/test_assignments.py
-# fails when a committed release is out of date.
+# fails when a committed release is out of date. The sources' {{ repo_url }}-style tokens are filled from
+# course.toml on the way (nbgrader_config.py: segutils.grading.course_identity.FillCourseIdentity).
 assignments: $(STAMP)
+	$(BIN)/python -m segutils course check
 	for source in solutions/*/*.ipynb; do \
 	  id=$$(basename "$$(dirname "$$source")"); \
 	  [ "$$source" = "solutions/$$id/$$id.ipynb" ] || continue; \
