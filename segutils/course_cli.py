@@ -51,6 +51,9 @@ def _check(args: argparse.Namespace) -> int:
     problems = course.config_problems(root / "_config.yml", identity)
     for problem in problems:
         print(problem, file=sys.stderr)
+    if problems:
+        print("run `segutils course init` (values not given stay as course.toml has them) to regenerate it",
+              file=sys.stderr)
     return 1 if problems else 0
 
 
