@@ -3,9 +3,10 @@
 The mini course is graded with ``SandboxedExecute.two_process = True`` (tests in a grader process
 of their own, the student's code in the student's kernel) and ``--redact-hidden``. Every attack of
 ``tests/fixtures/grading_hostile/attacks.py`` answers both functions wrongly: the same notebook
-without the attack scores 0 of 4, so the attack must too, and no file the student receives
-(the feedback) may hold any text of the hidden tests' source or the inputs they passed. Positive
-controls in the same batch: the reference solution scores 4 of 4 and the wrong answers alone 0.
+without the attack scores 0 of 4 (and 1 point of a check measured in the student's process, which
+``t * 3`` passes), so no attack may score more, and no file the student receives (the feedback) may
+hold any text of the hidden tests' source or the inputs they passed. Positive controls in the same
+batch: the reference solution scores 5 of 5 and the wrong answers alone 1.
 """
 from __future__ import annotations
 
@@ -31,6 +32,15 @@ import attacks  # noqa: E402
 import cases  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("grading")]
+
+#: A test cell added to the mini course here: its check runs in the student's process (issue #11: such points
+#: are marked "measured in the student's process" in the feedback and the report).
+PROBE_CELL = "test_double_ops"
+PROBE_SOURCE = ("# [1 point] double dispatches one operator\n"
+                "ops = testing.count_ops(double, torch.ones(4))\n"
+                "assert sum(ops.values()) == 1, f\"double should dispatch one operator, got {dict(ops)}\"")
+REFERENCE = {**cases.FULL, PROBE_CELL: 1.0}
+HONEST_WRONG = {**cases.ZERO, PROBE_CELL: 1.0}  # t * 3 is one operator too
 
 
 def _sandbox_args() -> list[str]:
@@ -72,6 +82,12 @@ def graded(tmp_path_factory):
     shutil.copytree(cases.MINI_COURSE, course)
     with open(course / "nbgrader_config.py", "a") as config:
         config.write("\nc.SandboxedExecute.two_process = True\n")
+    source = course / "solutions" / cases.ASSIGNMENT / f"{cases.ASSIGNMENT}.ipynb"
+    nb = nbformat.read(source, as_version=4)
+    nb.cells.append(nbformat.v4.new_code_cell(PROBE_SOURCE, metadata={"nbgrader": {
+        "grade": True, "grade_id": PROBE_CELL, "locked": True, "points": 1, "schema_version": 3, "solution": False,
+        "task": False}}))
+    nbformat.write(nb, source)
     subprocess.run([str(Path(sys.executable).parent / "nbgrader"), "generate_assignment", cases.ASSIGNMENT,
                     "--log-level=WARN"], cwd=course, env=_env(), check=True, capture_output=True, timeout=600)
     release = cases.read_release(course)
@@ -95,14 +111,43 @@ def graded(tmp_path_factory):
 
 def test_positive_controls(graded):
     _, scores = graded
-    assert scores["reference"] == cases.FULL
-    assert scores["honest_wrong"] == cases.ZERO
+    assert scores["reference"] == REFERENCE
+    assert scores["honest_wrong"] == HONEST_WRONG
 
 
 @pytest.mark.parametrize("attack", sorted(attacks.ATTACKS))
 def test_no_attack_scores_more_than_the_same_notebook_without_it(graded, attack):
     _, scores = graded
-    assert scores[attack] == cases.ZERO, f"{attack} scored {scores[attack]}"
+    assert set(scores[attack]) == set(HONEST_WRONG), f"{attack}: {scores[attack]}"
+    gained = {cell: score for cell, score in scores[attack].items() if score > scores["honest_wrong"][cell]}
+    assert not gained, f"{attack} scored more than the same notebook without it: {gained}"
+    assert scores[attack] == cases.ZERO | {PROBE_CELL: scores[attack][PROBE_CELL]}, f"{attack} scored {scores[attack]}"
+
+
+def test_points_measured_in_the_student_process_are_marked_for_student_and_instructor(graded):
+    # The probe cell's check ran in the student's process: the feedback (redacted) says so at that test, the
+    # report lists the cell; the tests judged in the grader alone are not marked (control).
+    course, _ = graded
+    for student in ("reference", "honest_wrong"):
+        page = html.unescape((course / "feedback" / student / cases.ASSIGNMENT / f"{cases.ASSIGNMENT}.html").read_text())
+        assert page.count("measured in the student's process") == 1, student
+        assert page.index("measured in the student's process") > page.index("double dispatches one operator")
+    report = html.unescape((course / "reports" / cases.ASSIGNMENT / "report.html").read_text())
+    section = report.split("Points measured in the student's process</h2>")[1].split("<h2>")[0]
+    assert f"<td>{PROBE_CELL}</td><td>count_ops</td>" in section
+    assert "test_square" not in section and "test_double<" not in section
+    assert "tests: in a grader process of their own" in report
+
+
+@pytest.mark.parametrize("attack", attacks.SNOOPING)
+def test_the_snooping_attacks_did_search_during_the_tests(graded, attack):
+    # Positive control of "nothing found": each snooping attack's final cell prints how often its code looked.
+    course, _ = graded
+    nb = nbformat.read(course / "autograded" / attack / cases.ASSIGNMENT / f"{cases.ASSIGNMENT}.ipynb", as_version=4)
+    found = [line for cell in nb.cells if cell.cell_type == "code" for o in cell.get("outputs", [])
+             if o.get("output_type") == "stream" for line in o.text.splitlines() if attacks.SEARCHED_MARKER in line]
+    assert found, f"{attack} never reported its searches"
+    assert int(found[-1].split(attacks.SEARCHED_MARKER)[1].split()[0]) > 0, found[-1]
 
 
 @pytest.mark.parametrize("student", ["reference", "honest_wrong", *sorted(attacks.ATTACKS)])
