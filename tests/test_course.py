@@ -71,6 +71,8 @@ def test_no_copy_of_the_addresses_survives_outside_the_setting():
     found = {p.relative_to(REPO).as_posix(): n for p, n in copies.items()}
     unexpected = {p: n for p, n in found.items() if p not in allowed | generated | NOT_YET_CONVERTED}
     assert not unexpected, f"hard-coded course addresses (run `segutils course apply` on them): {unexpected}"
+    stale = sorted(NOT_YET_CONVERTED - set(found))
+    assert not stale, f"converted already: remove {stale} from NOT_YET_CONVERTED"
     # A release is generated: its copies must come from tokens, so its source holds none.
     for release in generated & set(found):
         aid = Path(release).stem
