@@ -1069,3 +1069,64 @@ def test_check_parameters_get_gradients_fails_a_detached_output_and_a_raising_fo
         testing.check_parameters_get_gradients(_TwoLevelNet(False), torch.randn(1, 5, 4, 4))
     with pytest.raises(TypeError, match="nn.Module"):
         testing.check_parameters_get_gradients(lambda x: x, torch.randn(1))
+
+
+@pytest.mark.parametrize("fn, problem", [
+    (lambda x, s: x, "itself"),
+    (lambda x, s: x.reshape(-1, x.shape[-1]).view_as(x), "a view"),
+    (lambda x, s: x[..., None].expand(*x.shape, s).flatten(-2), "a view"),  # expand + flatten of a 1-wide axis
+    (lambda x, s: x.transpose(2, 3).transpose(2, 3), "a view"),
+])
+def test_check_returns_new_tensor_fails_the_input_and_its_views(fn, problem):
+    x = torch.randn(1, 2, 3, 4)
+    with pytest.raises(AssertionError, match=f"returned (its argument 0 {problem}|{problem} of its argument 0)"):
+        testing.check_returns_new_tensor(fn, x, 1, name="upsample")
+
+
+def test_check_returns_new_tensor_passes_copies_and_returns_the_output():
+    x = torch.randn(1, 2, 3, 4)
+    out = testing.check_returns_new_tensor(lambda t, s: t.repeat_interleave(s, -1), x, 1)
+    torch.testing.assert_close(out, x)  # equal values, its own memory
+    with pytest.raises(AssertionError, match="expected a tensor, got list"):
+        testing.check_returns_new_tensor(lambda t: [t.clone()], x)
+    with pytest.raises(TypeError, match="callable"):
+        testing.check_returns_new_tensor(x, x)
+
+
+# ---------------------------------------------------------------- check_devices_and_dtypes with module arguments
+
+
+def _apply_module(module, x):
+    return module(x)
+
+
+def test_check_devices_and_dtypes_runs_module_arguments_everywhere():
+    import torch.nn as nn
+
+    report = testing.check_devices_and_dtypes(
+        _apply_module, lambda dtype: (nn.Linear(3, 2).to(dtype), torch.randn(4, 3, dtype=dtype)), expected_shape=(4, 2))
+    assert {"meta float32: ran", "simulated cuda float64: ran", "cpu float64: ran"} <= set(report)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: on the CPU there is nowhere to move to")
+def test_check_devices_and_dtypes_moves_module_arguments_to_the_gpu():
+    import torch.nn as nn
+
+    report = testing.check_devices_and_dtypes(
+        _apply_module, lambda dtype: (nn.Linear(3, 2).to(dtype), torch.randn(4, 3, dtype=dtype)), expected_shape=(4, 2))
+    assert "cuda float32: ran" in report  # a module left on the CPU fails against CUDA inputs
+
+
+def test_check_values_calls_a_case_without_a_tensor_to_vary_once():
+    # bilinear_kernel(channels, scale) takes ints only: without a tensor to pass in other layouts, each case is
+    # still one call (it was none, so that a wrong function passed); the wrong function is the control.
+    calls = []
+
+    def kernel(c, f):
+        calls.append((c, f))
+        return torch.full((c, c), float(f))
+
+    assert testing.check_values(kernel, lambda c, f: torch.full((c, c), float(f)), [(1, 2), (3, 4)]) == 2
+    assert calls == [(1, 2), (3, 4)]
+    with pytest.raises(AssertionError, match=r"kernel\(3, 4\)"):
+        testing.check_values(kernel, lambda c, f: torch.full((c, c), float(f + 1)), [(3, 4)])

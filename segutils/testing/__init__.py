@@ -20,6 +20,7 @@ the reference solution works. Mistakes of the test author (a wrong argument type
 - :func:`run_on_fake_cuda`: runs a function on a simulated GPU (tensors that say ``cuda`` and
   hold CPU data): a hard-coded device is caught without a GPU, value-dependent code runs;
   forward only (a backward pass raises :class:`FakeCudaUnsupported`).
+- :func:`check_returns_new_tensor`: the output shares no memory with the arguments.
 - :func:`trace_feature_maps` (with :func:`coarsest_map`, :func:`encoder_maps_reused`,
   :func:`show_trace`) and :func:`check_parameters_get_gradients`: what a network computes
   inside (downsampling, skip connections, unused layers).
@@ -60,12 +61,13 @@ The code is split into one module per tool: ``values`` (``assert_close``), ``env
 ``assert_vectorized``), ``forbidden`` (``forbid_ops`` and the operator sets), ``delegation``
 (``assert_no_delegation``), ``device_agnostic`` (``check_device_agnostic``) and ``host_sync``
 (``no_host_sync``), ``fake_cuda`` (``run_on_fake_cuda``), ``feature_maps`` (``trace_feature_maps``,
-``check_parameters_get_gradients``), ``variants`` (``check_values``,
+``check_parameters_get_gradients``), ``aliasing`` (``check_returns_new_tensor``), ``variants`` (``check_values``,
 ``Case``, ``layout_variants``), ``gradients`` (``check_gradients``), ``device_dtype``
 (``check_devices_and_dtypes``) and ``validation`` (``check_raises``). Import every name from ``segutils.testing`` itself.
 """
 from __future__ import annotations
 
+from .aliasing import check_returns_new_tensor
 from .delegation import assert_no_delegation
 from .device_agnostic import check_device_agnostic
 from .device_dtype import check_devices_and_dtypes
@@ -100,6 +102,7 @@ __all__ = [
     "check_no_builtin",
     "check_parameters_get_gradients",
     "check_raises",
+    "check_returns_new_tensor",
     "check_values",
     "coarsest_map",
     "count_ops",

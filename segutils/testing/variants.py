@@ -144,7 +144,8 @@ def check_values(
         reference: an independent implementation with the same signature (``F.conv2d``, a
             ``lambda`` around a built-in...).
         cases: the calls to make.
-        vary: positions (ints) or keyword names of the tensor arguments passed in every layout.
+        vary: positions (ints) or keyword names of the tensor arguments passed in every layout; a case
+            without such a tensor (ints only, say) is called once, as given.
         devices: where to run (default: the CPU only; pass :func:`devices` for the GPU too).
         rtol, atol: tolerances for :func:`assert_close` (default: by dtype).
         name: ``fn``'s name in messages (default: its ``__name__``).
@@ -172,25 +173,27 @@ def check_values(
             want = reference(*args, **kwargs)
             call = describe_call(name, args, kwargs)
             label = f" [{case.label}]" if case.label else ""
+            trials = []  # (argument, layout, tensor): every layout of every varied tensor argument
             for key in vary:
                 holder = args if isinstance(key, int) else kwargs
                 if (isinstance(key, int) and key >= len(args)) or (isinstance(key, str) and key not in kwargs):
                     continue
-                if not isinstance(holder[key], Tensor):
-                    continue
-                for layout, variant in layout_variants(holder[key]).items():
-                    trial_args, trial_kwargs = list(args), dict(kwargs)
+                if isinstance(holder[key], Tensor):
+                    trials += [(key, layout, variant) for layout, variant in layout_variants(holder[key]).items()]
+            for key, layout, variant in trials or [(None, "contiguous", None)]:  # no tensor to vary: one call
+                trial_args, trial_kwargs = list(args), dict(kwargs)
+                if key is not None:
                     (trial_args if isinstance(key, int) else trial_kwargs)[key] = variant
-                    before = [_clone(a) for a in trial_args], {k: _clone(v) for k, v in trial_kwargs.items()}
-                    where = f"{call}{label}" + (f" with argument {key} as a {layout}" if layout != "contiguous" else "")
-                    where += f" on {device}" if len(places) > 1 or device.type != "cpu" else ""
-                    try:
-                        got = fn(*trial_args, **trial_kwargs)
-                    except Exception as error:
-                        raise AssertionError(f"{where}: expected {_describe_value(want)}, but it raised "
-                                             f"{type(error).__name__}: {error}") from None
-                    _compare(got, want, rtol, atol, where)
-                    if check_inputs_unchanged:
-                        _check_unchanged(trial_args, trial_kwargs, before, where, name)
-                    compared += 1
+                before = [_clone(a) for a in trial_args], {k: _clone(v) for k, v in trial_kwargs.items()}
+                where = f"{call}{label}" + (f" with argument {key} as a {layout}" if layout != "contiguous" else "")
+                where += f" on {device}" if len(places) > 1 or device.type != "cpu" else ""
+                try:
+                    got = fn(*trial_args, **trial_kwargs)
+                except Exception as error:
+                    raise AssertionError(f"{where}: expected {_describe_value(want)}, but it raised "
+                                         f"{type(error).__name__}: {error}") from None
+                _compare(got, want, rtol, atol, where)
+                if check_inputs_unchanged:
+                    _check_unchanged(trial_args, trial_kwargs, before, where, name)
+                compared += 1
     return compared

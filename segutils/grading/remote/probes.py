@@ -25,7 +25,7 @@ from typing import Any
 #: The checks that run in the student's process when their function is a proxy.
 CHECKS = ("count_ops", "assert_vectorized", "forbid_ops", "assert_no_delegation", "check_device_agnostic",
           "no_host_sync", "check_no_builtin", "check_devices_and_dtypes", "run_on_fake_cuda",
-          "trace_feature_maps", "check_parameters_get_gradients")
+          "trace_feature_maps", "check_parameters_get_gradients", "check_returns_new_tensor")
 #: Checks that also have a context-manager form.
 CONTEXT_CHECKS = ("no_host_sync", "forbid_ops")
 
