@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from .device_agnostic import check_device_agnostic
 from .environment import devices as _devices
@@ -32,7 +32,7 @@ _HALF = (torch.float16, torch.bfloat16)
 
 
 def _move(args: Sequence[Any], device: torch.device) -> list[Any]:
-    return [a.to(device) if isinstance(a, Tensor) else a for a in args]
+    return [a.to(device) if isinstance(a, (Tensor, nn.Module)) else a for a in args]
 
 
 def _float64(args: Sequence[Any]) -> list[Any]:
@@ -55,7 +55,8 @@ def check_devices_and_dtypes(
     """Check that ``fn``'s output is on its inputs' device, with the right dtype (and values).
 
     ``make_args(dtype)`` returns ``fn``'s positional arguments on the CPU for one input dtype
-    (tensors that are not floating point, such as indices, may keep their own dtype). For each
+    (tensors that are not floating point, such as indices, may keep their own dtype; modules,
+    such as a classifier ``fn`` applies, move with the tensors). For each
     dtype in ``dtypes``, ``fn`` runs on ``meta`` (if ``meta``), on simulated CUDA (if
     ``fake_cuda``) and on every real device; the output must be a tensor on that device, of dtype
     ``output_dtype`` (default: the dtype passed to ``make_args``) and of shape ``expected_shape``
