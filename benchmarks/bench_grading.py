@@ -12,9 +12,13 @@ the batch size) in copies of one course, in the same run. Rows:
   the per-submission overhead: mean seconds a job spent outside the notebook's execution (process
   starts, sandboxes, nbgrader's conversions, the feedback HTML; in two-process mode also the grader
   process's start, as far as it does not overlap the student's);
-- the two-process row also has ``vs_in_process``: its wall seconds / the in-process row's, and
-  ``overhead_vs_in_process_s``: the difference of their per-submission overheads (both measured in
-  this run, so a loaded machine shifts both).
+- ``job_s_per_submission``: mean seconds of one student's job, start to end (the notebook's execution
+  included: in two-process mode the tests' round trips to the student's process happen during it,
+  so the overhead above does not show them);
+- the two-process row also has ``vs_in_process``: its wall seconds / the in-process row's,
+  ``overhead_vs_in_process_s``: the difference of their per-submission overheads, and
+  ``two_process_adds_s``: the difference of their mean job seconds, the whole per-submission cost of
+  the second process (all measured in this run, so a loaded machine shifts both rows).
 
 Every row has the machine's load (1-minute average, ``os.getloadavg``) before and after it ran:
 compare rows of one run, and absolute numbers only from an idle machine. Full mode grades 24
@@ -105,11 +109,13 @@ def _row(case: str, count: int, seconds: float, nbgrader_seconds: float, expecte
                          if got.get(s, {}).get(cell) != expected[s][cell])
     overhead = sum(float(s["seconds"]) - float(s["exec_seconds"]) for s in states) / max(1, len(states))
     execution = sum(float(s["exec_seconds"]) for s in states) / max(1, len(states))
+    job = sum(float(s["seconds"]) for s in states) / max(1, len(states))
     return {"benchmark": "grading", "case": case, "submissions": count, "seconds": seconds,
             "per_submission": seconds / count, "ratio": nbgrader_seconds / seconds,
             "identical_scores": not differences and len(got) == len(expected),
             "differences": ", ".join(differences[:10]), "exec_s_per_submission": execution,
-            "overhead_s_per_submission": overhead, "load_1min": load, "cpus": os.cpu_count()}
+            "overhead_s_per_submission": overhead, "job_s_per_submission": job, "load_1min": load,
+            "cpus": os.cpu_count()}
 
 
 def run(quick: bool = False) -> list[dict]:
@@ -143,6 +149,7 @@ def run(quick: bool = False) -> list[dict]:
     two, one = rows[1], rows[2]
     two["vs_in_process"] = two["seconds"] / one["seconds"]
     two["overhead_vs_in_process_s"] = two["overhead_s_per_submission"] - one["overhead_s_per_submission"]
+    two["two_process_adds_s"] = two["job_s_per_submission"] - one["job_s_per_submission"]
     return rows
 
 

@@ -26,7 +26,10 @@ def test_grading_benchmark_agrees_with_nbgrader_and_reports_speed():
         assert nbgrader_row["submissions"] == row["submissions"] == 4
         assert row["identical_scores"], f"{row['case']}: {row['differences']}"
         assert row["ratio"] > 0 and row["overhead_s_per_submission"] > 0 and row["load_1min"]
+        assert row["job_s_per_submission"] > row["overhead_s_per_submission"]
     assert two_process["vs_in_process"] > 0
+    assert two_process["two_process_adds_s"] == pytest.approx(
+        two_process["job_s_per_submission"] - in_process["job_s_per_submission"])
     print(f"\nsegutils grade --workers 2 vs nbgrader autograde: two-process {two_process['ratio']:.2f}x, "
           f"in-process {in_process['ratio']:.2f}x; overhead {two_process['overhead_s_per_submission']:.1f} vs "
           f"{in_process['overhead_s_per_submission']:.1f} s/submission (load {two_process['load_1min']})")
