@@ -42,8 +42,14 @@ def test_layout_variants_hold_the_same_values_in_other_layouts():
 def test_check_values_passes_a_right_function_over_every_case_and_layout():
     cases = [Case(torch.randn(1, 2, 5, 5), torch.randn(3, 2, 3, 3), padding=1),
              (torch.randn(2, 1, 4, 6), torch.randn(2, 1, 1, 3))]
-    count = testing.check_values(lambda x, w, padding=0: F.conv2d(x, w, padding=padding), F.conv2d, cases)
-    assert count == 2 * 4  # two cases, four layouts of x
+    calls = []
+
+    def conv(x, w, padding=0):
+        calls.append(x.stride())
+        return F.conv2d(x, w, padding=padding)
+
+    testing.check_values(conv, F.conv2d, cases)
+    assert len(calls) == 2 * 4  # two cases, four layouts of x
 
 
 def test_check_values_fails_a_function_that_assumes_contiguous_memory():

@@ -1126,7 +1126,24 @@ def test_check_values_calls_a_case_without_a_tensor_to_vary_once():
         calls.append((c, f))
         return torch.full((c, c), float(f))
 
-    assert testing.check_values(kernel, lambda c, f: torch.full((c, c), float(f)), [(1, 2), (3, 4)]) == 2
+    testing.check_values(kernel, lambda c, f: torch.full((c, c), float(f)), [(1, 2), (3, 4)])
     assert calls == [(1, 2), (3, 4)]
     with pytest.raises(AssertionError, match=r"kernel\(3, 4\)"):
         testing.check_values(kernel, lambda c, f: torch.full((c, c), float(f + 1)), [(3, 4)])
+
+
+def test_a_test_cell_ending_with_check_values_gets_full_credit_from_nbgrader():
+    # nbgrader reads a number shown as a graded cell's last value as partial credit: check_values returned its
+    # count of comparisons, so a passing cell scored that count (or failed the whole notebook when the count
+    # exceeded the cell's points). The control: nbgrader gives a cell showing a number that number.
+    from nbformat.v4 import new_code_cell, new_output
+    from nbgrader.utils import determine_grade
+
+    def graded_cell(value):
+        outputs = [] if value is None else [new_output("execute_result", {"text/plain": repr(value)}, execution_count=1)]
+        return new_code_cell("...", metadata={"nbgrader": {"grade": True, "points": 2, "grade_id": "t", "solution": False,
+                                                            "locked": True}}, outputs=outputs)
+
+    shown = testing.check_values(torch.neg, lambda x: -x, [torch.ones(2, 3)])
+    assert determine_grade(graded_cell(shown)) == (2, 2)
+    assert determine_grade(graded_cell(1)) == (1, 2)

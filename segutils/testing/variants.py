@@ -129,8 +129,8 @@ def check_values(
     atol: float | None = None,
     name: str | None = None,
     check_inputs_unchanged: bool = True,
-) -> int:
-    """Check ``fn`` against ``reference`` on every case, device and memory layout; return the count.
+) -> None:
+    """Check ``fn`` against ``reference`` on every case, device and memory layout.
 
     For each case (a :class:`Case`, a tuple of positional arguments, or one argument) and each
     device, the tensors of the case are moved to the device, ``reference`` computes the expected
@@ -152,7 +152,9 @@ def check_values(
         check_inputs_unchanged: fail if ``fn`` modifies an argument in place.
 
     Returns:
-        The number of comparisons made (> 0).
+        None, on purpose: nbgrader reads a number shown as a test cell's last value as partial credit,
+        so a check that returned its count would turn "passed" into "count points" (or an error when
+        the count exceeds the cell's points) in every cell that ends with the call.
 
     Raises:
         AssertionError: ``fn`` raised, returned a different output, or modified its input; the
@@ -166,7 +168,6 @@ def check_values(
     if not cases:
         raise ValueError("check_values needs at least one case")
     places = [torch.device(d) for d in (devices if devices is not None else ["cpu"])]
-    compared = 0
     for case in cases:
         for device in places:
             args, kwargs = [_to(a, device) for a in case.args], {k: _to(v, device) for k, v in case.kwargs.items()}
@@ -195,5 +196,3 @@ def check_values(
                 _compare(got, want, rtol, atol, where)
                 if check_inputs_unchanged:
                     _check_unchanged(trial_args, trial_kwargs, before, where, name)
-                compared += 1
-    return compared
