@@ -42,6 +42,7 @@ def _versus_background(gain: float) -> str:
 
 
 CH7_RAISE = {"up": "raise", "down": "lower", "same": "do not change"}
+CH7_THAN = {"up": "higher than", "down": "lower than", "same": "no different"}
 
 #: chapter -> list of (words key, the value keys, rule giving the words the values allow).
 RULES: dict[str, list[tuple[str, tuple[str, ...], Callable[..., str]]]] = {
@@ -54,10 +55,10 @@ RULES: dict[str, list[tuple[str, tuple[str, ...], Callable[..., str]]]] = {
          lambda d, s: _beyond(d, s, CH7_RAISE))
         for what, column in [("miou", "mIoU"), ("edge", "edge_mIoU"), ("bf", "object_boundary_F"), ("shape", "shape_accuracy")]
     ] + [
-        ("ch7_unet_miou_words", ("ch7_unet_diff_mIoU", "ch7_unet_spread_mIoU"),
-         lambda d, s: _beyond(d, s, {"up": "is better than", "down": "is worse than", "same": "is not different"})),
-        ("ch7_unet_bf_words", ("ch7_unet_diff_object_boundary_F", "ch7_unet_spread_object_boundary_F"),
-         lambda d, s: _beyond(d, s, {"up": "better", "down": "worse", "same": "no differently"})),
+        (f"ch7_{pair}_{what}_words", (f"ch7_{pair}_diff_{column}", f"ch7_{pair}_spread_{column}"),
+         lambda d, s: _beyond(d, s, CH7_THAN))
+        for pair in ("skip1", "skip2", "unet")
+        for what, column in [("bf", "object_boundary_F"), ("edge", "edge_mIoU"), ("miou", "mIoU")]
     ],
     "08_putting_it_together": [
         ("ch8_rho_words", ("ch8_rho",), lambda rho: "the larger the receptive field" if rho > 0.7
@@ -89,11 +90,15 @@ RULES["07_encoder_decoder"] += [
 ]
 
 RULES["07_encoder_decoder"] += [
-    ("ch7_chance_words", ("ch7_skip_spread_mIoU", "ch7_skip_diff_mIoU"),
+    ("ch7_chance_words", ("ch7_skip_spread_object_boundary_F", "ch7_skip_diff_object_boundary_F"),
      lambda spread, diff: "as large as" if spread >= abs(diff) else "smaller than"),
     ("ch7_skip_class_effect", ("ch7_skip_diff_shape_accuracy", "ch7_skip_spread_shape_accuracy"),
      lambda d, s: _beyond(d, s, {"up": "here they even help", "down": "adding their local evidence",
                                  "same": "here they leave"})),
+]
+
+RULES["07_encoder_decoder"] += [
+    ("ch7_plateau_words", ("ch7_at_cap",), lambda n: "every run stopped at a plateau" if n == 0 else f"{int(n)} of the"),
 ]
 
 RULES["05_dilated_convolution"] = [

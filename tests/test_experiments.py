@@ -6,7 +6,9 @@ cold). They assert what the text states, with its margin.
 """
 from __future__ import annotations
 
+import importlib.util
 import json
+from pathlib import Path
 
 import nbformat
 import pytest
@@ -17,6 +19,8 @@ from segutils.data import ShapesDataset
 from segutils.metrics import BoundaryFScore, ConfusionMatrix
 from segutils.models import sliding_window_logits, window_classifier
 from segutils.zoo import TrainingConfig, trained_model
+
+BOOK = Path(__file__).resolve().parents[1] / "book"
 
 #: Chapter 4 calls the window CNN "above" the all-background predictor: at least this much mIoU more.
 WINDOW_MARGIN = 0.05
@@ -45,44 +49,59 @@ def test_window_cnn_segments_and_its_sliding_window_gives_the_same_logits():
         torch.testing.assert_close(sliding, model(images[:1]), atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.slow
-def test_chapter_7_skips_place_edges_better_and_name_shapes_worse_beyond_the_seed_spread():
-    """Chapter 7's finding, recomputed from its six FCN runs (cached by the book build).
+def _book_calls(chapter: str) -> list[tuple[str, dict]]:
+    """The ``trained_model`` calls of a chapter as ``book/_ext/warm_models.py`` finds them (the book's own training)."""
+    spec = importlib.util.spec_from_file_location("warm_models", BOOK / "_ext" / "warm_models.py")
+    warm = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(warm)
+    return warm.book_models([BOOK / f"{chapter}.ipynb"])
 
-    The text states, from three seeds per model: skips raise the object-against-background
-    boundary F-score (tolerance 1 pixel) and lower the shape accuracy, each by more than the
-    larger range over seeds of the two models; and the zero-initialised skip layers opened.
+
+def _chapter_7_runs() -> dict[tuple[str, int], tuple[torch.nn.Module, TrainingConfig]]:
+    """(name, seed) -> (model, config) for chapter 7's FCN-8s/4s/2s and U-Net runs, from the cache."""
+    labels = {("fcn", 0): "FCN-8s", ("fcn", 1): "FCN-4s", ("fcn", 2): "FCN-2s", ("unet", None): "U-Net"}
+    runs = {}
+    for name, kwargs in _book_calls("07_encoder_decoder"):
+        kwargs = dict(kwargs)
+        config = TrainingConfig(**kwargs.pop("__config__", {}))
+        label = labels[name, kwargs.get("skips")]
+        runs[label, config.seed] = (trained_model(name, config, progress=False, **kwargs)[0], config)
+    return runs
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason=(
+    "issue #16, open: at the chapter's cheap settings (32x32 images, 384 training images, outline waves of 2.5 px, "
+    "trained to a plateau) FCN-2s does not beat FCN-8s in boundary F beyond the seed spread; the encoders are too "
+    "weak (validation mIoU about 0.25) for skips to correct edges. Strict: passes (and so fails) once the "
+    "experiment shows the effect, and the marker must go."))
+def test_chapter_7_skips_place_wavy_edges_better_beyond_the_seed_spread():
+    """Chapter 7's central experiment, recomputed from the models its own calls train (cached by the build).
+
+    The issue asks for: outlines with detail finer than the coarsest stride, training to a plateau,
+    three seeds per model, and the skip effect with a margin larger than the seed spread. The text
+    states, as a glued verdict, that FCN-2s (two skips) raises the object boundary F-score of FCN-8s (no
+    skips) by more than the larger range over seeds of the two.
     """
     torch.set_num_threads(2)
-    config = TrainingConfig()
-    images, masks = _test_split()
-    full = ShapesDataset("test", size=256, image_size=config.image_size, seed=config.seed,
-                         ignore_boundary=False).batch(range(256))[1]
-    boundary, shape, ratios = {}, {}, []
-    for seed in (0, 1, 2):
-        for name, kwargs in [("noskip", {"skips": False}), ("skip", {})]:
-            model, _ = trained_model("fcn", TrainingConfig(seed=seed), progress=False, **kwargs)
-            with torch.no_grad():
-                pred = torch.cat([model(images[i:i + 64]).argmax(1) for i in range(0, len(images), 64)])
-            metric = BoundaryFScore(2, tolerance=1)
-            metric.update((pred != 0).long(), (full != 0).long())
-            boundary[name, seed] = metric.compute()["f_per_class"][1].item()
-            found = (masks != 0) & (masks != 255) & (pred != 0)
-            shape[name, seed] = (pred[found] == masks[found]).float().mean().item()
-            if name == "skip":
-                ratios.append(sum(l.weight.norm().item() for l in model.skip_scores) / len(model.skip_scores)
-                              / model.score.weight.norm().item())
-
-    def gain_and_spread(values):
-        runs = {n: [values[n, s] for s in (0, 1, 2)] for n in ("noskip", "skip")}
-        gain = sum(runs["skip"]) / 3 - sum(runs["noskip"]) / 3
-        return gain, max(max(v) - min(v) for v in runs.values())
-
-    gain, spread = gain_and_spread(boundary)
-    assert gain > spread, f"skips change the object boundary F by {gain:+.3f}, seed spread {spread:.3f}"
-    gain, spread = gain_and_spread(shape)
-    assert gain < -spread, f"skips change the shape accuracy by {gain:+.3f}, seed spread {spread:.3f}"
-    assert min(ratios) > 0.05, f"skip layers stayed near zero: weight norm ratios {ratios}"
+    runs = _chapter_7_runs()
+    assert sorted(runs) == sorted((n, s) for n in ("FCN-8s", "FCN-4s", "FCN-2s", "U-Net") for s in (0, 1, 2))
+    config = runs["FCN-8s", 0][1]
+    assert config.outline_detail > 0 and config.patience is not None, "the book's settings are not the issue's design"
+    test = dict(size=256, image_size=config.image_size, seed=0, outline_detail=config.outline_detail)
+    images = ShapesDataset("test", **test).batch(range(256))[0]
+    objects = ShapesDataset("test", ignore_boundary=False, **test).batch(range(256))[1] != 0
+    boundary = {}
+    for (label, seed), (model, _) in runs.items():
+        with torch.no_grad():
+            found = torch.cat([model(images[i:i + 64]).argmax(1) != 0 for i in range(0, len(images), 64)])
+        metric = BoundaryFScore(2, tolerance=1)
+        metric.update(found.long(), objects.long())
+        boundary[label, seed] = metric.compute()["f_per_class"][1].item()
+    per_model = {label: [boundary[label, s] for s in (0, 1, 2)] for label in ("FCN-8s", "FCN-2s")}
+    gain = sum(per_model["FCN-2s"]) / 3 - sum(per_model["FCN-8s"]) / 3
+    spread = max(max(v) - min(v) for v in per_model.values())
+    assert gain > spread, f"FCN-2s changes the object boundary F by {gain:+.3f}, seed spread {spread:.3f}: {boundary}"
 
 
 def _notebook_with(glued: dict[str, object]) -> nbformat.NotebookNode:
@@ -104,12 +123,15 @@ def test_glue_claims_catches_a_sentence_its_numbers_contradict(tmp_path):
     nbformat.write(_notebook_with({"patch_verdict": "far above", "patch_gain": 0.0,
                                    "plain_verdict": "barely above", "plain_gain": 0.02}), path)
     assert len(contradictions("04_fully_convolutional", path)) == 1
-    values = {}
+    values = {"ch7_at_cap": 0, "ch7_plateau_words": "every run stopped at a plateau before the cap"}
     for what, column in [("miou", "mIoU"), ("edge", "edge_mIoU"), ("bf", "object_boundary_F"), ("shape", "shape_accuracy")]:
         values |= {f"ch7_skip_{what}_words": "raise it", f"ch7_skip_diff_{column}": 0.03, f"ch7_skip_spread_{column}": 0.01}
-    values |= {"ch7_unet_miou_words": "is worse than", "ch7_unet_diff_mIoU": -0.05, "ch7_unet_spread_mIoU": 0.02,
-               "ch7_unet_bf_words": "no differently, beyond", "ch7_unet_diff_object_boundary_F": 0.01,
-               "ch7_unet_spread_object_boundary_F": 0.02, "ch7_object_iou": 0.8, "ch7_class_miou": 0.6,
+    for pair, words, diff in [("skip1", "higher than", 0.05), ("skip2", "no different, beyond", 0.0),
+                              ("unet", "lower than", -0.05)]:
+        for what, column in [("bf", "object_boundary_F"), ("edge", "edge_mIoU"), ("miou", "mIoU")]:
+            values |= {f"ch7_{pair}_{what}_words": words, f"ch7_{pair}_diff_{column}": diff,
+                       f"ch7_{pair}_spread_{column}": 0.02}
+    values |= {"ch7_object_iou": 0.8, "ch7_class_miou": 0.6,
                "ch7_find_vs_name": "better than", "ch7_chance_words": "smaller than the difference",
                "ch7_skip_class_effect": "here they even help to name the shape",
                "ch7_dominance_words": "that decision, not the placement of edges, dominates the errors"}
@@ -121,6 +143,32 @@ def test_glue_claims_catches_a_sentence_its_numbers_contradict(tmp_path):
     assert [p for p in contradictions("07_encoder_decoder", path) if "ch7_skip_miou_words" in p]
     nbformat.write(_notebook_with(values | {"ch7_class_miou": 0.85}), path)  # "better than" would now be false
     assert len(contradictions("07_encoder_decoder", path)) == 2
+    nbformat.write(_notebook_with(values | {"ch7_skip2_diff_object_boundary_F": 0.03}), path)  # beyond the spread
+    assert [p for p in contradictions("07_encoder_decoder", path) if "ch7_skip2_bf_words" in p]
+    nbformat.write(_notebook_with(values | {"ch7_at_cap": 2}), path)
+    assert [p for p in contradictions("07_encoder_decoder", path) if "ch7_plateau_words" in p]
     nbformat.write(_notebook_with({"ch8_rho_words": "a larger receptive field tends to go with", "ch8_rho": 0.9}), path)
     assert contradictions("08_putting_it_together", path)
     assert json.dumps(contradictions("08_putting_it_together", tmp_path / "ch4.ipynb")).count("missing") == 1
+
+
+def test_warm_models_finds_the_calls_of_a_config_assigned_in_an_earlier_cell():
+    """Chapters 7 and 8 name their TrainingConfig once (``study = TrainingConfig(...)``); warm_models must
+    still train exactly those runs, with the loop's seed, and skip names it cannot evaluate."""
+    spec = importlib.util.spec_from_file_location("warm_models", BOOK / "_ext" / "warm_models.py")
+    warm = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(warm)
+    source = ("for seed in (0, 1):\n"
+              "    study = TrainingConfig(epochs=3, seed=seed)\n"
+              "    trained_model('fcn', study, skips=2)\n"
+              "trained_model('unet', earlier)\n"
+              "trained_model('unet', unknown)\n")
+    calls = warm.literal_calls(source, warm.config_assignments("earlier = TrainingConfig(image_size=32)"))
+    assert sorted(map(repr, calls)) == sorted(map(repr, [("fcn", {"skips": 2, "__config__": {"epochs": 3, "seed": 0}}),
+                                                         ("fcn", {"skips": 2, "__config__": {"epochs": 3, "seed": 1}}),
+                                                         ("unet", {"__config__": {"image_size": 32}})]))
+    assert warm.literal_calls("trained_model('unet', earlier)") == []            # not assigned: left to its cell
+    twice = "c = TrainingConfig(seed=1)\nc = TrainingConfig(seed=2)\ntrained_model('unet', c)\n"
+    assert warm.literal_calls(twice) == []                                       # ambiguous: left to its cell
+    found = warm.book_models([BOOK / "07_encoder_decoder.ipynb", BOOK / "08_putting_it_together.ipynb"])
+    assert len({(name, repr(sorted(kw.items()))) for name, kw in found}) >= 12

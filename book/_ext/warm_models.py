@@ -11,7 +11,8 @@ call in a code cell of the chapters whose arguments are all literals (``progress
 The training configuration may be given as ``TrainingConfig(<keyword>=<literal>, ...)``, and
 a name bound by an enclosing ``for`` loop or comprehension over a literal tuple or list (for
 example ``for seed in (0, 1, 2)``) counts as each of its values, so that the runs of a
-seed study are found too. Calls with other computed arguments are left to their cells. A
+seed study are found too; so does a name assigned once, ``study = TrainingConfig(...)``, in the cell or an earlier one
+(evaluated with the loop values of the call that uses it). Calls with other computed arguments are left to their cells. A
 model already cached costs nothing, so a warm build spends well under a second here.
 
 Usage: ``python book/_ext/warm_models.py book/*.ipynb``
@@ -57,11 +58,18 @@ def _loop_bindings(tree: ast.AST) -> dict[ast.AST, list[tuple[str, list[Any]]]]:
     return bindings
 
 
-def _value(node: ast.AST, names: dict[str, Any]) -> Any:
-    """A literal, a bound loop name, or ``TrainingConfig(<keyword>=<value>, ...)`` (as a dict)."""
+def _is_config(node: ast.AST) -> bool:
+    return isinstance(node, ast.Call) and getattr(node.func, "id", getattr(node.func, "attr", None)) == "TrainingConfig"
+
+
+def _value(node: ast.AST, names: dict[str, Any], configs: dict[str, ast.AST] | None = None) -> Any:
+    """A literal, a bound loop name, ``TrainingConfig(<keyword>=<value>, ...)`` (as a dict), or a
+    name assigned such a ``TrainingConfig`` in the same source (``configs``: name -> call)."""
     if isinstance(node, ast.Name) and node.id in names:
         return names[node.id]
-    if isinstance(node, ast.Call) and getattr(node.func, "id", getattr(node.func, "attr", None)) == "TrainingConfig":
+    if isinstance(node, ast.Name) and configs and node.id in configs:
+        return _value(configs[node.id], names)
+    if _is_config(node):
         if node.args or any(kw.arg is None for kw in node.keywords):
             raise _NotLiteral
         return {"__config__": {kw.arg: _value(kw.value, names) for kw in node.keywords}}
@@ -71,7 +79,19 @@ def _value(node: ast.AST, names: dict[str, Any]) -> Any:
         raise _NotLiteral from None
 
 
-def literal_calls(source: str) -> list[tuple[str, dict[str, Any]]]:
+def config_assignments(source: str) -> dict[str, ast.AST]:
+    """``{name: TrainingConfig call}`` for every name assigned exactly once a ``TrainingConfig(...)`` in ``source``."""
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return {}
+    assigned = [(n.targets[0].id, n.value) for n in ast.walk(tree) if isinstance(n, ast.Assign) and len(n.targets) == 1
+                and isinstance(n.targets[0], ast.Name) and _is_config(n.value)]
+    names = [name for name, _ in assigned]
+    return {name: value for name, value in assigned if names.count(name) == 1}
+
+
+def literal_calls(source: str, configs: dict[str, ast.AST] | None = None) -> list[tuple[str, dict[str, Any]]]:
     """``(name, arguments)`` of every all-literal ``trained_model(...)`` call in Python ``source``.
 
     ``arguments`` are the model's keyword arguments, plus ``"__config__"`` (the keyword
@@ -84,6 +104,9 @@ def literal_calls(source: str) -> list[tuple[str, dict[str, Any]]]:
     except SyntaxError:
         return []
     bindings = _loop_bindings(tree)
+    # ``study = TrainingConfig(...)``: a name given one configuration (in this source, else in ``configs``, e.g.
+    # from the notebook's earlier cells), evaluated with the loop names of each call.
+    configs = {**(configs or {}), **config_assignments(source)}
     calls = []
     for node in ast.walk(tree):
         if not (isinstance(node, ast.Call) and getattr(node.func, "id", getattr(node.func, "attr", None)) == "trained_model"):
@@ -98,9 +121,9 @@ def literal_calls(source: str) -> list[tuple[str, dict[str, Any]]]:
             combinations = [{**names, name: value} for names in combinations for value in values]
         for names in combinations:
             try:
-                kwargs = {kw.arg: _value(kw.value, names) for kw in node.keywords if kw.arg not in IGNORED_KEYWORDS}
+                kwargs = {kw.arg: _value(kw.value, names, configs) for kw in node.keywords if kw.arg not in IGNORED_KEYWORDS}
                 if len(node.args) == 2:
-                    config = _value(node.args[1], names)
+                    config = _value(node.args[1], names, configs)
                     if not (isinstance(config, dict) and "__config__" in config):
                         continue
                     kwargs.update(config)
@@ -122,11 +145,13 @@ def book_models(notebooks: Iterable[Path]) -> list[tuple[str, dict[str, Any]]]:
     found: list[tuple[str, dict[str, Any]]] = []
     for path in notebooks:
         notebook = nbformat.read(path, as_version=4)
+        configs: dict[str, ast.AST] = {}
         for cell in notebook.cells:
             if cell.cell_type == "code":
-                for call in literal_calls(cell.source):
+                for call in literal_calls(cell.source, configs):
                     if call not in found:
                         found.append(call)
+                configs.update(config_assignments(cell.source))
     return found
 
 
