@@ -26,9 +26,6 @@ OTHER = course.Identity(repository="https://git.example.edu/prof/seg-course", si
 # Files that still hold hard-coded copies of the addresses because other work was editing them when the
 # setting was introduced. The coordinator runs `segutils course apply` on them and empties this list.
 NOT_YET_CONVERTED = {
-    "book/01_introduction.ipynb", "book/02_task_and_data.ipynb", "book/03_sliding_windows.ipynb",
-    "book/04_fully_convolutional.ipynb", "book/05_dilated_convolution.ipynb", "book/06_upsampling.ipynb",
-    "book/07_encoder_decoder.ipynb", "book/08_putting_it_together.ipynb",
     "solutions/a1_sliding_window/a1_sliding_window.ipynb", "solutions/a2_receptive_field/a2_receptive_field.ipynb",
     "solutions/a3_upsampling/a3_upsampling.ipynb", "solutions/a4_encoder_decoder/a4_encoder_decoder.ipynb",
 }
