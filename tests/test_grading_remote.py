@@ -515,15 +515,6 @@ def test_two_process_grading_is_chosen_on_the_command_line_or_in_the_course(tmp_
         parser.parse_args(["grade", "a1", "--two-process", "--in-process"])
 
 
-def test_segutils_grade_runs_the_tests_in_a_process_of_their_own_by_default():
-    # The default of issue #11, chosen once the course's reference solutions scored full marks two-process.
-    from traitlets.config import Config
-
-    from segutils.grading.runner import resolve_two_process
-
-    assert resolve_two_process(Config(), None) is True
-
-
 def test_the_batch_resolves_the_mode_once_and_reports_it(tmp_path, monkeypatch):
     # The jobs (and so the state fingerprint) carry the mode that ran, whoever chose it; a bad course value
     # stops the batch with a message naming the setting.
