@@ -46,3 +46,37 @@ def test_reference_scores_full_marks_with_two_processes(aid, tmp_path):
     nb = h.autograded_notebook(course, aid, h.REFERENCE)
     lost = {gid: h.error_summary(cell) for gid, cell in h.graded_test_cells(nb).items() if not scores[gid].full}
     assert not lost, f"the reference of {aid} loses points under two-process grading: {lost}"
+
+
+def _called_by_other_answers(fixture: h.Fixture) -> bool:
+    # a1's graded cells run sliding_window_segment with a correct extract_patches (the release says so), by
+    # rebinding the name in the test's globals: a mistake in extract_patches costs its own cells only.
+    return fixture.assignment_id == "a1_sliding_window" and fixture.replaces == "extract_patches" \
+        and not fixture.name.startswith("correct_")
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("two-process-a1_sliding_window")
+def test_a_mistake_the_tests_replace_is_not_counted_twice_with_two_processes(tmp_path):
+    aid = "a1_sliding_window"
+    fixtures = [f for f in h.load_fixtures(aid) if _called_by_other_answers(f)]
+    assert fixtures, "no a1 fixture with a mistake in extract_patches"
+    course = h.make_course(tmp_path / "course", [aid])
+    release = h.read_notebook(h.generate_release(course, aid))
+    source = h.read_notebook(course / "solutions" / aid / f"{aid}.ipynb")
+    export = tmp_path / "export"
+    export.mkdir()
+    for fixture in fixtures:
+        nbformat.write(h.submission(release, source, {fixture.replaces: fixture.source}), export / f"{fixture.name}.ipynb")
+    run = subprocess.run(
+        [sys.executable, "-m", "segutils", "grade", aid, "--course-dir", str(course), "--submissions", str(export),
+         "--workers", "2", "--no-progress", "--two-process", *_sandbox_args()],
+        capture_output=True, text=True, env=h._environment({"CUDA_VISIBLE_DEVICES": ""}), cwd=course, timeout=1800)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    for fixture in fixtures:
+        lost = {gid for gid, s in h.read_scores(course, aid, fixture.name).items() if not s.full}
+        cells = h.graded_test_cells(h.autograded_notebook(course, aid, fixture.name))
+        why = {gid: h.error_summary(cells[gid]) for gid in lost - set(fixture.expected_failures)}
+        assert lost == set(fixture.expected_failures), (
+            f"{fixture.name} under two-process grading lost {sorted(lost)}, expected "
+            f"{sorted(fixture.expected_failures)}: {why}")

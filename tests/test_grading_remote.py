@@ -680,3 +680,28 @@ def test_the_report_lists_points_measured_in_the_student_process(tmp_path):
     assert "test_vec: measured in the student&#x27;s process: count_ops" in page  # bob's row
     plain = report.write_report(tmp_path / "p.html", "mini", [result("carol", [])], {}).read_text()
     assert "measured in the student" not in plain  # control: nothing measured there, nothing said
+
+
+def test_a_tests_binding_of_a_students_name_holds_for_the_students_calls_as_in_one_process():
+    # a1's tests run sliding_window_segment "with a correct extract_patches" by rebinding that name in the
+    # notebook's globals; two-process, the rebinding must reach the student's namespace for the calls the test
+    # makes (the test's function called back, never sent as code), and be undone afterwards.
+    from unittest import mock
+
+    from segutils.grading.remote.grader import GraderNamespace
+
+    student_ns: dict = {}
+    exec("def helper(x):\n    return x + 1\n\ndef outer(x):\n    return helper(x) * 10\n", student_ns)  # noqa: S102
+    ns = GraderNamespace()
+    with student(student_ns) as lookup:
+        ns.endpoint = lookup.endpoint
+        lookup.endpoint.bindings = ns.rebound
+        exec("def reference(x):\n    return x + 2\n", ns)  # noqa: S102 - a function of the test's cell
+        outer = ns["outer"]
+        assert outer(1) == 20  # control: the student's own helper
+        with mock.patch.dict(ns, helper=ns["reference"]):
+            assert outer(1) == 30
+        assert outer(1) == 20 and student_ns["helper"](1) == 2  # undone, in both namespaces
+        with mock.patch.dict(ns, helper=abs):  # an imported function would run on copies: not mirrored
+            assert outer(-3) == -20  # the student's helper: (-3 + 1) * 10, not abs(-3) * 10
+        ns.endpoint = None

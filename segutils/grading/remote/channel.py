@@ -13,17 +13,23 @@ leak the hidden tests).
 """
 from __future__ import annotations
 
+import contextlib
 import itertools
 import select
 import socket
 import struct
 import time
 from dataclasses import dataclass, field
+from collections.abc import Iterator
 from typing import Any, Callable
 
 from segutils.grading.remote.codec import DEFAULT_LIMITS, CodecError, CodecLimits, RefInfo, decode, encode
 
 _FRAME = struct.Struct("<Q")
+
+
+#: Probes (checks of segutils.testing) that run the student's code on fake tensors of a simulated CUDA device.
+_SIMULATED_CUDA = frozenset({"check_devices_and_dtypes", "run_on_fake_cuda"})
 
 
 class ChannelError(RuntimeError):
@@ -137,6 +143,10 @@ class Endpoint:
     _requests: Any = field(default_factory=lambda: itertools.count(1))
     closed: bool = False
     _received: list = field(default_factory=list)
+    #: Grader side: the test's own bindings of the student's names, sent with every call (see :func:`rebound`).
+    bindings: Callable[[], dict] | None = None
+    #: Student side: the namespace the student's code runs in, where those bindings apply during the call.
+    student_globals: dict | None = None
 
     # -- handles ------------------------------------------------------------------------------
     def export(self, obj: Any) -> RefInfo:
@@ -187,6 +197,11 @@ class Endpoint:
             import torch
 
             fields["ddt"] = torch.get_default_dtype()  # the test's torch.set_default_dtype holds for the call
+            # The test's bindings of the student's names go with the call, except into the checks that run the
+            # student's code on simulated CUDA tensors: those cannot travel back to a function of the grader.
+            bound = self.bindings() if self.bindings is not None and fields.get("check") not in _SIMULATED_CUDA else {}
+            if bound:
+                fields["bind"] = bound
         self.channel.send(self.encode({"k": "req", "id": rid, "op": op, **fields}))
         while True:
             message = self._receive()
@@ -303,6 +318,13 @@ class Endpoint:
                     continue
 
     def _perform(self, message: dict) -> Any:
+        bind = message.get("bind")
+        if bind is not None and self.side == "s" and message.get("op") in ("call", "gcall", "probe"):
+            with rebound(self.student_globals, bind):
+                return self._perform_unbound(message)
+        return self._perform_unbound(message)
+
+    def _perform_unbound(self, message: dict) -> Any:
         op = message.get("op")
         if not isinstance(op, str) or (op not in self.policy.ops and op not in self.handlers):
             raise PermissionError(f"the grading channel does not allow {op!r} here")
@@ -346,6 +368,33 @@ class Endpoint:
     def close(self) -> None:
         self.closed = True
         self.channel.close()
+
+
+@contextlib.contextmanager
+def rebound(namespace: dict | None, bindings: Any) -> Iterator[None]:
+    """Student side: the test's bindings of the student's names, in place for one call, then undone.
+
+    In one process a test that rebinds a name the student defined (``mock.patch.dict(globals(),
+    extract_patches=reference)``) changes what the student's functions call; two-process, the test's
+    namespace is the grader's. The grader sends such bindings with each call (its callables as handles
+    that call back, never as code), and they apply here only while the call runs.
+    """
+    if namespace is None or not bindings:
+        yield
+        return
+    if not isinstance(bindings, dict) or not all(isinstance(k, str) and k.isidentifier() for k in bindings):
+        raise ChannelError("a call request with malformed bindings")
+    missing = object()
+    saved = {name: namespace.get(name, missing) for name in bindings}
+    namespace.update(bindings)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is missing:
+                namespace.pop(name, None)
+            else:
+                namespace[name] = value
 
 
 class default_dtype:  # noqa: N801 - used like contextlib's helpers

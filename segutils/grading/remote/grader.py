@@ -49,6 +49,7 @@ class GraderNamespace(dict):
         super().__init__()
         self.endpoint: Endpoint | None = None
         self.fetched: dict[str, Any] = {}
+        self._student_names: frozenset[str] | None = None
 
     def __missing__(self, name: str) -> Any:
         if self.endpoint is None or not isinstance(name, str) or name in _BUILTIN_NAMES or name.startswith("__"):
@@ -76,6 +77,42 @@ class GraderNamespace(dict):
             if dict.get(self, name, None) is value:
                 dict.__delitem__(self, name)
         self.fetched.clear()
+        self._student_names = None
+
+    def rebound(self) -> dict[str, Any]:
+        """The student's names this namespace binds to values of the test's own (a function, data).
+
+        In one process such a binding (``mock.patch.dict(globals(), extract_patches=reference)``)
+        changes what the student's functions call; the endpoint sends these with every call so that
+        it does two-process too (:func:`~segutils.grading.remote.channel.rebound`). The student's
+        names are asked for once per cell, and only when the test binds a value that is not a proxy.
+        """
+        from segutils.grading.remote.proxy import ref_of
+
+        own = {name: value for name, value in dict.items(self)
+               if isinstance(name, str) and not name.startswith("__") and ref_of(value) is None
+               and self._mirrorable(value)}
+        if not own or self.endpoint is None:
+            return {}
+        if self._student_names is None:
+            names = self.endpoint.request("names")
+            self._student_names = frozenset(n for n in names if isinstance(n, str)) if isinstance(names, list) else frozenset()
+        return {name: value for name, value in own.items() if name in self._student_names}
+
+    def _mirrorable(self, value: Any) -> bool:
+        """A value a test cell bound that can stand in the student's namespace during a call.
+
+        Functions the test cells defined (their globals are this namespace) are called back, never sent
+        as code; immutable numbers and strings are sent as data. Anything else (an imported function, a
+        module, a tensor a locked cell made in both processes) stays where it is: a call back into the
+        grader would run on copies, so an in-place change would not come back.
+        """
+        import types
+
+        if isinstance(value, types.FunctionType):
+            return value.__globals__ is self
+        return isinstance(value, (bool, int, float, complex, str, bytes))
+
 
 
 def _shell(namespace: GraderNamespace) -> Any:
@@ -165,6 +202,7 @@ class Grader:
         else:
             self.endpoint.channel, self.endpoint.closed = channel, False
         self.namespace.endpoint = self.endpoint
+        self.endpoint.bindings = self.namespace.rebound
 
     def detach(self) -> None:
         endpoint, self.namespace.endpoint = self.endpoint, None

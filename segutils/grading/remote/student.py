@@ -53,6 +53,7 @@ def serve_session(sock: socket.socket, namespace: dict, hello: int | None = None
     endpoint = _ENDPOINT
     endpoint.channel, endpoint.closed = channel, False
     endpoint.policy = Policy.student(lambda: student_namespace(namespace))
+    endpoint.student_globals = namespace
     try:
         done = endpoint.serve(until=lambda message: message.get("op") == "resume")
         endpoint.reply(done)
