@@ -15,15 +15,6 @@ import nbformat
 import pytest
 
 import nbgrader_harness as h
-from segutils.grading import sandbox
-
-
-def _sandbox_args() -> list[str]:
-    try:
-        sandbox.check_sandbox()
-    except sandbox.SandboxUnavailable:
-        return ["--no-sandbox"]
-    return []
 
 
 @pytest.mark.slow
@@ -38,7 +29,7 @@ def test_reference_scores_full_marks_with_two_processes(aid, tmp_path):
     nbformat.write(h.submission(release, source), export / f"{h.REFERENCE}.ipynb")
     run = subprocess.run(
         [sys.executable, "-m", "segutils", "grade", aid, "--course-dir", str(course), "--submissions", str(export),
-         "--workers", "1", "--no-progress", "--two-process", *_sandbox_args()],
+         "--workers", "1", "--no-progress", "--two-process", *h.sandbox_args()],
         capture_output=True, text=True, env=h._environment({"CUDA_VISIBLE_DEVICES": ""}), cwd=course, timeout=1800)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     scores = h.read_scores(course, aid, h.REFERENCE)
@@ -70,7 +61,7 @@ def test_a_mistake_the_tests_replace_is_not_counted_twice_with_two_processes(tmp
         nbformat.write(h.submission(release, source, {fixture.replaces: fixture.source}), export / f"{fixture.name}.ipynb")
     run = subprocess.run(
         [sys.executable, "-m", "segutils", "grade", aid, "--course-dir", str(course), "--submissions", str(export),
-         "--workers", "2", "--no-progress", "--two-process", *_sandbox_args()],
+         "--workers", "2", "--no-progress", "--two-process", *h.sandbox_args()],
         capture_output=True, text=True, env=h._environment({"CUDA_VISIBLE_DEVICES": ""}), cwd=course, timeout=1800)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     for fixture in fixtures:

@@ -27,7 +27,7 @@ pytest.importorskip("nbgrader")
 from nbgrader.api import Gradebook  # noqa: E402
 from nbgrader.utils import parse_utc  # noqa: E402
 
-from segutils.grading import sandbox  # noqa: E402
+import nbgrader_harness as h  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO / "tests" / "fixtures" / "grading"
@@ -59,14 +59,6 @@ CANVAS_HEADER = ["Student", "ID", "SIS User ID", "SIS Login ID", "Section"]
 MOODLE_HEADER = ["First name", "Last name", "ID number", "Email address"]
 
 
-def _sandbox_args() -> list[str]:
-    try:
-        sandbox.check_sandbox()
-        return []
-    except sandbox.SandboxUnavailable:
-        return ["--no-sandbox"]
-
-
 def _env() -> dict[str, str]:
     env = dict(os.environ)
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
@@ -76,7 +68,7 @@ def _env() -> dict[str, str]:
 
 def grade(course: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "segutils", "grade", cases.ASSIGNMENT, "--course-dir", str(course),
-                           "--workers", "2", "--timeout", "10", "--no-progress", *_sandbox_args(), *args],
+                           "--workers", "2", "--timeout", "10", "--no-progress", *h.sandbox_args(), *args],
                           capture_output=True, text=True, env=_env(), timeout=1500, cwd=course)
 
 

@@ -23,7 +23,7 @@ import pytest
 pytest.importorskip("nbgrader")
 from nbgrader.api import Gradebook  # noqa: E402
 
-from segutils.grading import sandbox  # noqa: E402
+import nbgrader_harness as h  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests" / "fixtures" / "grading"))
@@ -41,14 +41,6 @@ PROBE_SOURCE = ("# [1 point] double dispatches one operator\n"
                 "assert sum(ops.values()) == 1, f\"double should dispatch one operator, got {dict(ops)}\"")
 REFERENCE = {**cases.FULL, PROBE_CELL: 1.0}
 HONEST_WRONG = {**cases.ZERO, PROBE_CELL: 1.0}  # t * 3 is one operator too
-
-
-def _sandbox_args() -> list[str]:
-    try:
-        sandbox.check_sandbox()
-    except sandbox.SandboxUnavailable:
-        return ["--no-sandbox"]
-    return []
 
 
 def _env() -> dict[str, str]:
@@ -98,7 +90,7 @@ def graded(tmp_path_factory):
         nbformat.write(_submission(release, name), export / f"{name}.ipynb")
     run = subprocess.run([sys.executable, "-m", "segutils", "grade", cases.ASSIGNMENT, "--course-dir", str(course),
                           "--submissions", str(export), "--workers", "2", "--timeout", "30", "--no-progress",
-                          "--redact-hidden", *_sandbox_args()], capture_output=True, text=True, env=_env(),
+                          "--redact-hidden", *h.sandbox_args()], capture_output=True, text=True, env=_env(),
                          timeout=1500, cwd=course)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     scores = {}
