@@ -151,10 +151,9 @@ def check_values(
         name: ``fn``'s name in messages (default: its ``__name__``).
         check_inputs_unchanged: fail if ``fn`` modifies an argument in place.
 
-    Returns:
-        None, on purpose: nbgrader reads a number shown as a test cell's last value as partial credit,
-        so a check that returned its count would turn "passed" into "count points" (or an error when
-        the count exceeds the cell's points) in every cell that ends with the call.
+    Nothing is returned, on purpose. nbgrader reads a number shown as a test cell's last value as
+    partial credit, so a check that returned its count would turn "passed" into "count points" (or an
+    error when the count exceeds the cell's points) in every cell that ends with the call.
 
     Raises:
         AssertionError: ``fn`` raised, returned a different output, or modified its input; the
