@@ -112,6 +112,22 @@ def test_a_strong_test_kills_them_and_the_equivalent_file_explains_the_rest(tmp_
     assert {m.reason for m in report.mutants if m.status == "equivalent"} == {"max and min are symmetric"}
 
 
+def test_first_catch_stops_a_mutant_at_the_first_test_that_catches_it_with_the_same_verdicts(tmp_path):
+    """``hi=11`` fails clip_bounds and (later in the notebook) nothing else; ``lo >= hi`` fails clip_checks only;
+    a mutant caught by two cells is reported with only the first under first_catch, and every verdict is the same."""
+    tests = {"clip_bounds": STRONG_TESTS["clip_bounds"], "clip_bounds_again": STRONG_TESTS["clip_bounds"],
+             "clip_checks": STRONG_TESTS["clip_checks"]}
+    solutions = write_assignment(tmp_path, tests)
+    whole = audit_assignment("toy", solutions=solutions, jobs=2, timeout=30)
+    fast = audit_assignment("toy", solutions=solutions, jobs=2, timeout=30, first_catch=True)
+    assert {m.id: m.status for m in fast.mutants} == {m.id: m.status for m in whole.mutants}
+    twice = [m for m in whole.mutants if m.killed_by[:2] == ["clip_bounds", "clip_bounds_again"]]
+    assert twice, whole.text()                                  # the control: some mutant fails both copies
+    first = {m.id: m.killed_by for m in fast.mutants}
+    assert all(first[m.id] == ["clip_bounds"] for m in twice)
+    assert any(m.killed_by == ["clip_checks"] for m in fast.mutants)   # a later catch is still found
+
+
 def test_fixtures_are_run_and_a_missed_wrong_fixture_is_reported(tmp_path):
     solutions = write_assignment(tmp_path, {"clip_weak": WEAK_TEST})
     fixtures = tmp_path / "fixtures"

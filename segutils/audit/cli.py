@@ -14,7 +14,8 @@ def _run(args: argparse.Namespace) -> int:
     try:
         report = audit_assignment(args.assignment, solutions=Path(args.solutions), fixtures=args.fixtures,
                                   equivalents=args.equivalents, functions=functions, max_mutants=args.max_mutants,
-                                  jobs=args.jobs, timeout=args.timeout, seed=args.seed)
+                                  jobs=args.jobs, timeout=args.timeout, seed=args.seed,
+                                  first_catch=args.first_catch)
     except (FileNotFoundError, ValueError) as error:
         print(f"segutils audit: error: {error}", file=sys.stderr)
         return 2
@@ -45,5 +46,8 @@ def add_audit_parser(commands: argparse._SubParsersAction) -> None:
     audit.add_argument("--seed", type=int, default=0, help="which sample --max-mutants takes (default: 0)")
     audit.add_argument("--timeout", type=float, default=300.0,
                        help="seconds one run of the whole notebook may take (default: 300)")
+    audit.add_argument("--first-catch", action="store_true",
+                       help="stop each mutant's run at the first test cell that catches it (faster; the report "
+                            "names that cell only)")
     audit.add_argument("--json", default=None, help="also write the report as JSON to this file")
     audit.set_defaults(run=_run)

@@ -113,6 +113,7 @@ def audit_assignment(
     jobs: int = 2,
     timeout: float = 300.0,
     seed: int = 0,
+    first_catch: bool = False,
 ) -> AuditReport:
     """Run the mutants of ``assignment``'s graded functions and its fixtures through its test cells.
 
@@ -128,6 +129,8 @@ def audit_assignment(
         seed: which sample ``max_mutants`` takes (another seed, another sample).
         jobs: worker processes.
         timeout: seconds one run (the whole notebook) may take.
+        first_catch: stop each mutant's run at the first test cell that catches it (the report then names
+            that cell only); the reference runs first, whole. Fixtures always run whole.
 
     Raises:
         FileNotFoundError: no such notebook. ValueError: a bad argument, notebook or fixture.
@@ -158,9 +161,10 @@ def audit_assignment(
 
     with make_pool(jobs, folder.resolve()) as pool:
         baseline_future = pool.submit(run_cells, cells, {}, timeout)
+        stop = frozenset(baseline_future.result().failures) if first_catch else None
         futures: list[tuple[object, Future]] = []
         for m in chosen:
-            futures.append((m, pool.submit(run_cells, cells, {by_grade_id[m.grade_id].index: m.source}, timeout)))
+            futures.append((m, pool.submit(run_cells, cells, {by_grade_id[m.grade_id].index: m.source}, timeout, stop)))
         for f in fixture_list:
             if f.replaces not in by_grade_id:
                 raise ValueError(f"fixture {f.name} replaces {f.replaces!r}, which is not a solution cell of "
