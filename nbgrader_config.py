@@ -10,6 +10,7 @@ next to it is a complete course (the assignment tests grade in such temporary co
 nbgrader shells out to ``alembic`` when it creates the gradebook, so run it with the
 environment's ``bin/`` first on ``PATH`` (the Makefile does).
 """
+
 import os
 
 c = get_config()  # noqa: F821 (injected by traitlets when it loads this file)
@@ -45,5 +46,7 @@ c.ClearSolutions.enforce_metadata = True
 # of the sources in the releases; first, so that the locked cells nbgrader stores are the filled ones.
 from nbgrader.converters import GenerateAssignment  # noqa: E402
 
-c.GenerateAssignment.preprocessors = ["segutils.grading.course_identity.FillCourseIdentity",
-                                      *GenerateAssignment.class_traits()["preprocessors"].default()]
+c.GenerateAssignment.preprocessors = [
+    "segutils.grading.course_identity.FillCourseIdentity",
+    *GenerateAssignment.class_traits()["preprocessors"].default(),
+]

@@ -24,6 +24,7 @@ Every row has the machine's load (1-minute average, ``os.getloadavg``) before an
 compare rows of one run, and absolute numbers only from an idle machine. Full mode grades 24
 submissions, quick mode 4. The sandbox is used when bubblewrap works here.
 """
+
 from __future__ import annotations
 
 import json
@@ -70,8 +71,10 @@ def _scores(course: Path) -> dict[str, dict[str, float]]:
     from nbgrader.api import Gradebook
 
     with Gradebook(f"sqlite:///{course / 'gradebook.db'}") as gb:
-        return {s.student.id: {g.name: float(g.score) for nb in s.notebooks for g in nb.grades}
-                for s in gb.find_assignment(ASSIGNMENT).submissions}
+        return {
+            s.student.id: {g.name: float(g.score) for nb in s.notebooks for g in nb.grades}
+            for s in gb.find_assignment(ASSIGNMENT).submissions
+        }
 
 
 def _sandbox_works() -> bool:
@@ -90,32 +93,63 @@ def _load() -> str:
 
 def _segutils_grade(course: Path, env: dict, sandboxed: bool, mode: str) -> tuple[float, dict, list[dict], str]:
     """Grade ``course`` with ``segutils grade --workers 2 MODE``: wall seconds, scores, state files, load."""
-    command = [sys.executable, "-m", "segutils", "grade", ASSIGNMENT, "--course-dir", str(course),
-               "--workers", "2", "--no-progress", "--sandbox" if sandboxed else "--no-sandbox", mode]
+    command = [
+        sys.executable,
+        "-m",
+        "segutils",
+        "grade",
+        ASSIGNMENT,
+        "--course-dir",
+        str(course),
+        "--workers",
+        "2",
+        "--no-progress",
+        "--sandbox" if sandboxed else "--no-sandbox",
+        mode,
+    ]
     load = _load()
     start = time.perf_counter()
     done = subprocess.run(command, env=env, capture_output=True, text=True, cwd=course)
     seconds = time.perf_counter() - start
     if done.returncode not in (0, 1):
-        raise RuntimeError(f"segutils grade {mode} failed ({done.returncode}):\n{done.stdout[-3000:]}\n"
-                           f"{done.stderr[-3000:]}")
+        raise RuntimeError(
+            f"segutils grade {mode} failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+        )
     states = [json.loads(p.read_text()) for p in (course / "reports" / ASSIGNMENT / "state").glob("*.json")]
     return seconds, _scores(course), states, f"{load} -> {_load()}"
 
 
-def _row(case: str, count: int, seconds: float, nbgrader_seconds: float, expected: dict, got: dict,
-         states: list[dict], load: str) -> dict:
-    differences = sorted(f"{s}/{cell}" for s in expected for cell in expected[s]
-                         if got.get(s, {}).get(cell) != expected[s][cell])
+def _row(
+    case: str,
+    count: int,
+    seconds: float,
+    nbgrader_seconds: float,
+    expected: dict,
+    got: dict,
+    states: list[dict],
+    load: str,
+) -> dict:
+    differences = sorted(
+        f"{s}/{cell}" for s in expected for cell in expected[s] if got.get(s, {}).get(cell) != expected[s][cell]
+    )
     overhead = sum(float(s["seconds"]) - float(s["exec_seconds"]) for s in states) / max(1, len(states))
     execution = sum(float(s["exec_seconds"]) for s in states) / max(1, len(states))
     job = sum(float(s["seconds"]) for s in states) / max(1, len(states))
-    return {"benchmark": "grading", "case": case, "submissions": count, "seconds": seconds,
-            "per_submission": seconds / count, "ratio": nbgrader_seconds / seconds,
-            "identical_scores": not differences and len(got) == len(expected),
-            "differences": ", ".join(differences[:10]), "exec_s_per_submission": execution,
-            "overhead_s_per_submission": overhead, "job_s_per_submission": job, "load_1min": load,
-            "cpus": os.cpu_count()}
+    return {
+        "benchmark": "grading",
+        "case": case,
+        "submissions": count,
+        "seconds": seconds,
+        "per_submission": seconds / count,
+        "ratio": nbgrader_seconds / seconds,
+        "identical_scores": not differences and len(got) == len(expected),
+        "differences": ", ".join(differences[:10]),
+        "exec_s_per_submission": execution,
+        "overhead_s_per_submission": overhead,
+        "job_s_per_submission": job,
+        "load_1min": load,
+        "cpus": os.cpu_count(),
+    }
 
 
 def run(quick: bool = False) -> list[dict]:
@@ -140,12 +174,30 @@ def run(quick: bool = False) -> list[dict]:
         expected = _scores(nbgrader_course)
 
         env = harness._environment(None)
-        rows = [{"benchmark": "grading", "case": "nbgrader autograde (serial)", "submissions": count,
-                 "seconds": nbgrader_seconds, "per_submission": nbgrader_seconds / count, "load_1min": nbgrader_load}]
+        rows = [
+            {
+                "benchmark": "grading",
+                "case": "nbgrader autograde (serial)",
+                "submissions": count,
+                "seconds": nbgrader_seconds,
+                "per_submission": nbgrader_seconds / count,
+                "load_1min": nbgrader_load,
+            }
+        ]
         for mode in ("two-process", "in-process"):
             seconds, got, states, mode_load = _segutils_grade(courses[mode], env, sandboxed, f"--{mode}")
-            rows.append(_row(f"segutils grade --workers 2 --{mode} ({where})", count, seconds, nbgrader_seconds,
-                             expected, got, states, mode_load))
+            rows.append(
+                _row(
+                    f"segutils grade --workers 2 --{mode} ({where})",
+                    count,
+                    seconds,
+                    nbgrader_seconds,
+                    expected,
+                    got,
+                    states,
+                    mode_load,
+                )
+            )
     two, one = rows[1], rows[2]
     two["vs_in_process"] = two["seconds"] / one["seconds"]
     two["overhead_vs_in_process_s"] = two["overhead_s_per_submission"] - one["overhead_s_per_submission"]

@@ -11,6 +11,7 @@ and off. The bandwidth reference is a copy of the target into a preallocated ten
 round after round, and each reports its median. The quick batch (1 MiB per tensor)
 stays in cache, so its bandwidth fractions mean little; read those of the full run.
 """
+
 from __future__ import annotations
 
 import os

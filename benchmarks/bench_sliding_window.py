@@ -12,6 +12,7 @@ hidden`` product either way, because only the first layer sees the window and no
 shared between overlapping windows; what the convolution saves is materialising the
 ``C*p*p x H*W`` window matrix and the per-chunk calls, which is memory traffic, not FLOPs.
 """
+
 from __future__ import annotations
 
 import statistics

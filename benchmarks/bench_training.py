@@ -7,6 +7,7 @@ that has not reached the target within the time limit is reported as not reachin
 The ratio column is each family's time over the fastest family's, measured in the
 same run.
 """
+
 from __future__ import annotations
 
 import math
@@ -40,7 +41,12 @@ def seconds_to_target(name: str, target: float, limit: float, config: TrainingCo
         model,
         DataLoader(train, batch_size=config.batch_size, shuffle=True, num_workers=1, persistent_workers=True),
         DataLoader(val, batch_size=64),
-        epochs=epochs, lr=config.lr, device="cpu", seed=config.seed, progress=False, callback=stop_when_reached,
+        epochs=epochs,
+        lr=config.lr,
+        device="cpu",
+        seed=config.seed,
+        progress=False,
+        callback=stop_when_reached,
     )
     return {
         "benchmark": "training",

@@ -3,6 +3,7 @@
 Usage: ``python benchmarks/run_all.py [--quick] [NAME ...]`` where NAME picks
 benchmarks by module suffix (``metrics``, ``sliding_window``, ``training``, ``grading``).
 """
+
 from __future__ import annotations
 
 import importlib
@@ -46,11 +47,17 @@ def main(argv: list[str]) -> int:
     chosen = [a for a in argv if not a.startswith("--")] or list(BENCHMARKS)
     unknown = set(chosen) - set(BENCHMARKS)
     if unknown:
-        print(f"unknown benchmark(s): {', '.join(sorted(unknown))}; choose from {', '.join(BENCHMARKS)}", file=sys.stderr)
+        print(
+            f"unknown benchmark(s): {', '.join(sorted(unknown))}; choose from {', '.join(BENCHMARKS)}", file=sys.stderr
+        )
         return 2
     results = {
-        "machine": {"python": platform.python_version(), "torch": torch.__version__, "threads": torch.get_num_threads(),
-                    "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
+        "machine": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        },
         "quick": quick,
         "benchmarks": {},
     }

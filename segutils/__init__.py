@@ -7,6 +7,7 @@ Submodules: :mod:`segutils.data`, :mod:`segutils.metrics`, :mod:`segutils.models
 ``import segutils`` does not import PyTorch (``get_device()`` imports it when called), so that the
 instructor's tools start without it.
 """
+
 from segutils.device import get_device
 
 __version__ = "0.1.0"

@@ -3,6 +3,7 @@
 These functions look at a network's layers and shapes only, so they work the same with random or
 pretrained weights (:func:`segutils.pretrained.build_architecture` gives the former without a download).
 """
+
 from __future__ import annotations
 
 import statistics
@@ -22,8 +23,15 @@ from segutils.pretrained import coarse_logits
 from segutils.receptive_field import Layer, receptive_field
 
 __all__ = [
-    "StageStride", "ReceptiveField", "stage_strides", "output_stride", "receptive_field_of", "upsampling_variants",
-    "seconds_per_call", "upsampling_disagreement", "busiest_box",
+    "StageStride",
+    "ReceptiveField",
+    "stage_strides",
+    "output_stride",
+    "receptive_field_of",
+    "upsampling_variants",
+    "seconds_per_call",
+    "upsampling_disagreement",
+    "busiest_box",
 ]
 
 # The classification networks the segmentation backbones were made from (same layer names).
@@ -33,7 +41,14 @@ _CLASSIFIERS = {
     "lraspp_mobilenet_v3_large": lambda: mobilenet_v3_large(weights=None).features,
 }
 _POINTWISE = (
-    nn.BatchNorm2d, nn.ReLU, nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid, nn.Identity, nn.Dropout, nn.Dropout2d,
+    nn.BatchNorm2d,
+    nn.ReLU,
+    nn.Hardswish,
+    nn.Hardsigmoid,
+    nn.Sigmoid,
+    nn.Identity,
+    nn.Dropout,
+    nn.Dropout2d,
 )
 _GLOBAL_POOLS = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
 
@@ -79,7 +94,9 @@ def stage_strides(name: str, model: nn.Module, size: int = 224) -> list[StageStr
     backbone = model.backbone
     ours = _child_strides(backbone, size)
     original_children = dict(_CLASSIFIERS[name]().named_children())
-    original = _child_strides(nn.Sequential(OrderedDict((n, original_children[n]) for n, _ in backbone.named_children())), size)
+    original = _child_strides(
+        nn.Sequential(OrderedDict((n, original_children[n]) for n, _ in backbone.named_children())), size
+    )
     return [
         StageStride(
             stage=stage,

@@ -1,4 +1,5 @@
 """Argument checks shared by segutils' models and functions: one clear error message for each bad input."""
+
 from __future__ import annotations
 
 from torch import Tensor
@@ -39,9 +40,7 @@ def check_images(x: object, in_channels: int | None, who: str) -> None:
     if not x.is_floating_point():
         raise TypeError(f"{who} expects a floating-point input, got dtype {x.dtype}")
     if in_channels is not None and x.shape[1] != in_channels:
-        raise ValueError(
-            f"{who} expects {in_channels} input channels, got {x.shape[1]} (input shape {tuple(x.shape)})"
-        )
+        raise ValueError(f"{who} expects {in_channels} input channels, got {x.shape[1]} (input shape {tuple(x.shape)})")
     if x.shape[0] == 0:
         raise ValueError(f"{who} got an empty batch (N=0), input shape {tuple(x.shape)}")
     if x.shape[2] == 0 or x.shape[3] == 0:

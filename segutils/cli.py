@@ -1,12 +1,13 @@
 """The ``segutils`` command line: ``info``, ``preview``, ``train``, ``weights``, ``segment``, ``grade``, ``course``."""
+
 from __future__ import annotations
 
 import argparse
 import json
 import platform
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 
 def _info(_: argparse.Namespace) -> int:
@@ -79,7 +80,9 @@ def _train(args: argparse.Namespace) -> int:
     if args.model in MODEL_NAMES:
         model = build_model(args.model, in_channels=3, num_classes=num_classes)
     elif args.data != "voc":
-        print(f"segutils train: error: {args.model} is pretrained on the 21 VOC classes: use --data voc", file=sys.stderr)
+        print(
+            f"segutils train: error: {args.model} is pretrained on the 21 VOC classes: use --data voc", file=sys.stderr
+        )
         return 2
     else:  # fine-tune torchvision's pretrained network (weights from the torch hub cache)
         from segutils.pretrained import LogitsOnly, WeightsNotFoundError, load_pretrained
@@ -126,16 +129,27 @@ def build_parser() -> argparse.ArgumentParser:
     preview.set_defaults(run=_preview)
 
     train = commands.add_parser("train", help="train a model on ShapesDataset, or on PASCAL VOC from disk")
-    train.add_argument("--model", type=_model_name, default="unet", metavar="NAME",
-                       help="a name of segutils.models.MODEL_NAMES (default: unet), or with --data voc a pretrained "
-                            "network to fine-tune (fcn_resnet50, deeplabv3_resnet50, lraspp_mobilenet_v3_large)")
-    train.add_argument("--data", choices=("shapes", "voc"), default="shapes",
-                       help="ShapesDataset (default) or PASCAL VOC 2012 (needs --voc-root; --image-size is the crop size)")
+    train.add_argument(
+        "--model",
+        type=_model_name,
+        default="unet",
+        metavar="NAME",
+        help="a name of segutils.models.MODEL_NAMES (default: unet), or with --data voc a pretrained "
+        "network to fine-tune (fcn_resnet50, deeplabv3_resnet50, lraspp_mobilenet_v3_large)",
+    )
+    train.add_argument(
+        "--data",
+        choices=("shapes", "voc"),
+        default="shapes",
+        help="ShapesDataset (default) or PASCAL VOC 2012 (needs --voc-root; --image-size is the crop size)",
+    )
     train.add_argument("--voc-root", default=None, metavar="PATH", help="the folder holding VOCdevkit/VOC2012")
     train.add_argument("--epochs", type=int, default=5)
     train.add_argument("--lr", type=float, default=3e-3)
     train.add_argument("--batch-size", type=int, default=16)
-    train.add_argument("--train-size", type=int, default=2000, help="with --data voc: at most this many training images")
+    train.add_argument(
+        "--train-size", type=int, default=2000, help="with --data voc: at most this many training images"
+    )
     train.add_argument("--val-size", type=int, default=200, help="with --data voc: the first this many val images")
     train.add_argument("--image-size", type=int, default=64)
     train.add_argument("--workers", type=int, default=1, help="DataLoader worker processes")
@@ -144,8 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--checkpoint", default=None, help="where to save the trained model")
     train.set_defaults(run=_train)
 
-    from segutils.cli_pretrained import add_pretrained_parsers
     from segutils.audit.cli import add_audit_parser
+    from segutils.cli_pretrained import add_pretrained_parsers
     from segutils.course_cli import add_course_parser
     from segutils.grading.cli import add_grade_parser
 

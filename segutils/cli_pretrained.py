@@ -3,6 +3,7 @@ and the PASCAL VOC data of ``segutils train --data voc``.
 
 Building these parsers imports neither PyTorch nor torchvision (``segutils grade`` starts without them).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -70,8 +71,11 @@ def _segment(args: argparse.Namespace) -> int:
         image = read_image(args.image)
         print(f"read {args.image}: {image.shape[2]}x{image.shape[1]} pixels", flush=True)
         model = pretrained.load_pretrained(args.model, device=device)
-        print(f"loaded {args.model} from {pretrained.checkpoint_path(args.model)} onto {device} "
-              f"({time.perf_counter() - start:.1f} s)", flush=True)
+        print(
+            f"loaded {args.model} from {pretrained.checkpoint_path(args.model)} onto {device} "
+            f"({time.perf_counter() - start:.1f} s)",
+            flush=True,
+        )
     except (FileNotFoundError, ValueError) as error:  # the weights errors are subclasses of these
         return _error("segment", error)
     begin = time.perf_counter()
@@ -82,7 +86,9 @@ def _segment(args: argparse.Namespace) -> int:
     labels = logits.argmax(1)[0].cpu()
     classes = pretrained.categories(args.model)
     counts = torch.bincount(labels.flatten(), minlength=len(classes))
-    found = [f"{classes[c]} {counts[c] / labels.numel():.1%}" for c in counts.argsort(descending=True).tolist() if counts[c]]
+    found = [
+        f"{classes[c]} {counts[c] / labels.numel():.1%}" for c in counts.argsort(descending=True).tolist() if counts[c]
+    ]
     print("classes by area: " + ", ".join(found))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -94,19 +100,33 @@ def _segment(args: argparse.Namespace) -> int:
 
 def add_pretrained_parsers(commands: Any) -> None:
     """Add ``weights`` and ``segment`` to the ``segutils`` subcommands."""
-    weights = commands.add_parser("weights", help="torchvision's pretrained segmentation weights in the torch hub cache")
+    weights = commands.add_parser(
+        "weights", help="torchvision's pretrained segmentation weights in the torch hub cache"
+    )
     actions = weights.add_subparsers(dest="weights_command", required=True)
-    actions.add_parser("list", help="where each network's weights go, and whether they are there").set_defaults(run=_weights_list)
+    actions.add_parser("list", help="where each network's weights go, and whether they are there").set_defaults(
+        run=_weights_list
+    )
     fetch = actions.add_parser("fetch", help="download weights with torchvision (needs network access)")
-    fetch.add_argument("models", nargs="*", type=pretrained_name, metavar="MODEL",
-                       help="fcn_resnet50, deeplabv3_resnet50, lraspp_mobilenet_v3_large (default: all)")
+    fetch.add_argument(
+        "models",
+        nargs="*",
+        type=pretrained_name,
+        metavar="MODEL",
+        help="fcn_resnet50, deeplabv3_resnet50, lraspp_mobilenet_v3_large (default: all)",
+    )
     fetch.add_argument("--quiet", action="store_true", help="no progress bar")
     fetch.set_defaults(run=_weights_fetch)
 
     segment = commands.add_parser("segment", help="segment a photograph with a pretrained network")
     segment.add_argument("image", help="an image file (PNG, JPEG, ...)")
-    segment.add_argument("--model", type=pretrained_name, default="fcn_resnet50", metavar="NAME",
-                         help="fcn_resnet50 (default), deeplabv3_resnet50 or lraspp_mobilenet_v3_large")
+    segment.add_argument(
+        "--model",
+        type=pretrained_name,
+        default="fcn_resnet50",
+        metavar="NAME",
+        help="fcn_resnet50 (default), deeplabv3_resnet50 or lraspp_mobilenet_v3_large",
+    )
     segment.add_argument("--out", required=True, help="where to write the overlay (PNG), at the image's size")
     segment.add_argument("--alpha", type=float, default=0.6, help="opacity of the class colours")
     segment.add_argument("--device", default=None, help="e.g. cpu, cuda:0 (default: segutils.get_device())")

@@ -16,14 +16,16 @@ that shows them is generated from it:
 ``course.toml`` holds (run it before changing them) in notebooks and Markdown into those tokens. It is idempotent, changes only the ``source`` of the cells that
 hold a copy, and writes a notebook the way Jupyter and nbformat do (one-space indent, sorted keys).
 """
+
 from __future__ import annotations
 
 import json
 import re
-import tomllib
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
-from typing import Iterable
+
+import tomllib
 
 COURSE_FILE = "course.toml"
 _URL = re.compile(r"^https?://[^\s\"'<>{}|\\^`]+$")
@@ -57,15 +59,17 @@ class Identity:
         for key in ("repository", "site"):
             value = getattr(self, key)
             if not isinstance(value, str) or not _URL.match(value):
-                raise CourseError(f"course {key}: expected an http(s) address without spaces, quotes or braces, "
-                                  f"got {value!r}")
+                raise CourseError(
+                    f"course {key}: expected an http(s) address without spaces, quotes or braces, got {value!r}"
+                )
             if value.endswith("/"):
                 object.__setattr__(self, key, value.rstrip("/"))
         for key in ("name", "term", "branch"):
             value = getattr(self, key)
             if not isinstance(value, str) or any(ch in value for ch in '"\\\n{}'):
-                raise CourseError(f"course {key}: expected one line of text without quotes, backslashes or braces, "
-                                  f"got {value!r}")
+                raise CourseError(
+                    f"course {key}: expected one line of text without quotes, backslashes or braces, got {value!r}"
+                )
         if not self.name.strip():
             raise CourseError("course name: must not be empty")
         if not re.fullmatch(r"[A-Za-z0-9._/-]+", self.branch):
@@ -73,8 +77,13 @@ class Identity:
 
     def tokens(self) -> dict[str, str]:
         """The names the book's substitutions and the assignments' ``{{ name }}`` tokens use."""
-        return {"repo_url": self.repository, "site_url": self.site, "course_name": self.name,
-                "course_term": self.term, "branch": self.branch}
+        return {
+            "repo_url": self.repository,
+            "site_url": self.site,
+            "course_name": self.name,
+            "course_term": self.term,
+            "branch": self.branch,
+        }
 
 
 def find_course_file(start: Path) -> Path | None:
@@ -110,10 +119,12 @@ def load(root: Path) -> Identity:
 
 def dumps(identity: Identity) -> str:
     """``course.toml``'s text for ``identity`` (every value a TOML basic string)."""
-    lines = ["# The course's identity: the one place for its addresses, its name and its term.",
-             "# Change it with `segutils course init --repo URL --site URL --name NAME [--term TERM]`, which",
-             "# regenerates _config.yml's generated lines and the assignment releases (see the instructor guide).",
-             "[course]"]
+    lines = [
+        "# The course's identity: the one place for its addresses, its name and its term.",
+        "# Change it with `segutils course init --repo URL --site URL --name NAME [--term TERM]`, which",
+        "# regenerates _config.yml's generated lines and the assignment releases (see the instructor guide).",
+        "[course]",
+    ]
     lines += [f"{key} = {json.dumps(value, ensure_ascii=False)}" for key, value in asdict(identity).items()]
     return "\n".join(lines) + "\n"
 
@@ -189,16 +200,20 @@ def config_problems(config: Path, identity: Identity) -> list[str]:
 
     data = yaml.safe_load(Path(config).read_text(encoding="utf-8")) or {}
     problems = []
-    expected = {("html", "baseurl"): identity.site + "/", ("repository", "url"): identity.repository,
-                ("repository", "branch"): identity.branch}
+    expected = {
+        ("html", "baseurl"): identity.site + "/",
+        ("repository", "url"): identity.repository,
+        ("repository", "branch"): identity.branch,
+    }
     for (section, key), value in expected.items():
         got = (data.get(section) or {}).get(key)
         if got != value:
             problems.append(f"{config}: {section}.{key} is {got!r}, course.toml says {value!r}")
     substitutions = (data.get("parse") or {}).get("myst_substitutions")
     if substitutions != identity.tokens():
-        problems.append(f"{config}: parse.myst_substitutions is {substitutions!r}, course.toml says "
-                        f"{identity.tokens()!r}")
+        problems.append(
+            f"{config}: parse.myst_substitutions is {substitutions!r}, course.toml says {identity.tokens()!r}"
+        )
     return problems
 
 
@@ -221,7 +236,7 @@ def _blob(rest: str, identity: Identity) -> tuple[str, str] | None:
     for branch in {identity.branch, "main"}:
         marker = f"/blob/{branch}/"
         if rest.startswith(marker):
-            return "/blob/", "/" + rest[len(marker):]
+            return "/blob/", "/" + rest[len(marker) :]
     return None
 
 
@@ -232,8 +247,9 @@ def convert_plain(text: str, identity: Identity) -> str:
 
 
 _LINK = re.compile(r"\[(?P<text>[^\[\]\n]*)\]\((?P<url>[^()\s]*(?:\([^()\s]*\)[^()\s]*)*)\)")
-_FENCE = re.compile(r"^(?P<indent>[ \t]*)(?P<fence>```+|~~~+)[^\n]*\n(?P<body>.*?)^(?P=indent)(?P=fence)[ \t]*$",
-                    re.M | re.S)
+_FENCE = re.compile(
+    r"^(?P<indent>[ \t]*)(?P<fence>```+|~~~+)[^\n]*\n(?P<body>.*?)^(?P=indent)(?P=fence)[ \t]*$", re.M | re.S
+)
 
 
 def _jinja_url(url: str, identity: Identity, pattern: re.Pattern) -> str | None:
@@ -241,7 +257,7 @@ def _jinja_url(url: str, identity: Identity, pattern: re.Pattern) -> str | None:
     match = pattern.match(url)
     if not match:
         return None
-    rest = url[match.end():]
+    rest = url[match.end() :]
     parts = [_token_for(match.group(1), identity)]
     blob = _blob(rest, identity)
     if blob:
@@ -271,21 +287,21 @@ def convert_myst(text: str, identity: Identity) -> str:
         if "\n" in content or "`" in content:
             raise CourseError(f"a code block of several lines holds a course address; convert it by hand:\n{body}")
         url = pattern.search(content)
-        before, after = content[: url.start()], content[url.start():]
+        before, after = content[: url.start()], content[url.start() :]
         expression = _jinja_url(after.split()[0], identity, pattern)
-        tail = after[len(after.split()[0]):]
-        code = f'{_jinja_literal("`" + before)} ~ {expression} ~ {_jinja_literal(tail + "`")}'
+        tail = after[len(after.split()[0]) :]
+        code = f"{_jinja_literal('`' + before)} ~ {expression} ~ {_jinja_literal(tail + '`')}"
         return f"{m.group('indent')}{{{{ {code} }}}}"
 
     def link(m: re.Match) -> str:
         expression = _jinja_url(m.group("url"), identity, pattern)
         if expression is None:
             return m.group(0)
-        return "{{ " + f'{_jinja_literal("[" + m.group("text") + "](")} ~ {expression} ~ {_jinja_literal(")")}' + " }}"
+        return "{{ " + f"{_jinja_literal('[' + m.group('text') + '](')} ~ {expression} ~ {_jinja_literal(')')}" + " }}"
 
     def bare(m: re.Match) -> str:
         url = m.group(0).rstrip(".,;:!?")
-        return "{{ " + _jinja_url(url, identity, pattern) + " }}" + m.group(0)[len(url):]
+        return "{{ " + _jinja_url(url, identity, pattern) + " }}" + m.group(0)[len(url) :]
 
     text = _FENCE.sub(fence, text)
     text = _LINK.sub(link, text)
@@ -356,8 +372,10 @@ def apply_paths(paths: Iterable[Path], root: Path, identity: Identity) -> list[P
             old = path.read_text(encoding="utf-8")
             new = convert_myst(old, identity) if myst else old
             if not myst and _address_pattern(identity).search(old):
-                raise CourseError(f"{path}: Markdown outside the book is not rendered by MyST: "
-                                  "write its addresses with `segutils course init` in mind (see the guide)")
+                raise CourseError(
+                    f"{path}: Markdown outside the book is not rendered by MyST: "
+                    "write its addresses with `segutils course init` in mind (see the guide)"
+                )
             if new != old:
                 path.write_text(new, encoding="utf-8")
                 changed.append(path)
@@ -400,8 +418,13 @@ def regenerate(root: Path, identity: Identity, *, releases: bool = True) -> list
         bin_dir = str(Path(sys.executable).parent)  # nbgrader runs alembic from PATH
         env["PATH"] = os.pathsep.join([bin_dir, env.get("PATH", "")])
         for source in sources:
-            result = subprocess.run([str(Path(bin_dir) / "nbgrader"), "generate_assignment", source.stem, "--force",
-                                     "--log-level=ERROR"], cwd=root, env=env, capture_output=True, text=True)
+            result = subprocess.run(
+                [str(Path(bin_dir) / "nbgrader"), "generate_assignment", source.stem, "--force", "--log-level=ERROR"],
+                cwd=root,
+                env=env,
+                capture_output=True,
+                text=True,
+            )
             if result.returncode != 0:
                 raise CourseError(f"nbgrader generate_assignment {source.stem} failed:\n{result.stderr[-3000:]}")
             done.append(f"regenerated the release of {source.stem}")

@@ -3,6 +3,7 @@
 PyTorch is imported by :func:`get_device` itself, so that ``import segutils`` stays light (the
 instructor's ``segutils grade`` never needs PyTorch in its own processes).
 """
+
 from __future__ import annotations
 
 import os

@@ -19,6 +19,7 @@ DeepLab reports mIoU), and :class:`BoundaryFScore` matches predicted and true ed
 within a distance tolerance (the boundary F-score of Csurka et al., 2013, as used for
 DAVIS and Cityscapes-style boundary evaluation).
 """
+
 from __future__ import annotations
 
 import torch
@@ -129,8 +130,7 @@ def _check_label_values(
     if found is not None:
         value, count = found
         raise ValueError(
-            f"target contains label {value}, {expected} and not ignore_index={ignore_index} "
-            f"({count} pixel(s) in total)"
+            f"target contains label {value}, {expected} and not ignore_index={ignore_index} ({count} pixel(s) in total)"
         )
     if pmin < info.min or pmax > info.max:
         raise ValueError(f"pred contains class id {pmin if pmin < info.min else pmax}, {expected}")
@@ -207,8 +207,7 @@ def confusion_matrix(
     target = _as_labels(target, "target")
     if pred.shape != target.shape:
         raise ValueError(
-            f"pred and target must have the same shape, got pred {tuple(pred.shape)} and "
-            f"target {tuple(target.shape)}"
+            f"pred and target must have the same shape, got pred {tuple(pred.shape)} and target {tuple(target.shape)}"
         )
     if pred.device != target.device:
         raise ValueError(f"pred and target must be on the same device, got {pred.device} and {target.device}")
@@ -520,7 +519,9 @@ class BoundaryFScore:
         """Add a batch: class ids ``(N, H, W)`` or logits ``(N, K, H, W)``, and target ``(N, H, W)``."""
         if isinstance(pred_or_logits, Tensor) and pred_or_logits.is_floating_point():
             if pred_or_logits.ndim != 4 or pred_or_logits.shape[1] != self.num_classes:
-                raise ValueError(f"logits must have shape (N, {self.num_classes}, H, W), got {tuple(pred_or_logits.shape)}")
+                raise ValueError(
+                    f"logits must have shape (N, {self.num_classes}, H, W), got {tuple(pred_or_logits.shape)}"
+                )
             pred_or_logits = pred_or_logits.detach().argmax(1)
         pred, target = _check_label_map(pred_or_logits, "pred"), _check_label_map(target, "target")
         if pred.shape != target.shape:
@@ -530,10 +531,16 @@ class BoundaryFScore:
         for c in range(self.num_classes):
             pred_edge = label_edges(pred == c) & keep
             true_edge = label_edges(target == c) & keep
-            counts.append(torch.stack([
-                (pred_edge & _dilate(true_edge, self.tolerance)).sum(), pred_edge.sum(),
-                (true_edge & _dilate(pred_edge, self.tolerance)).sum(), true_edge.sum(),
-            ]))
+            counts.append(
+                torch.stack(
+                    [
+                        (pred_edge & _dilate(true_edge, self.tolerance)).sum(),
+                        pred_edge.sum(),
+                        (true_edge & _dilate(pred_edge, self.tolerance)).sum(),
+                        true_edge.sum(),
+                    ]
+                )
+            )
         self._counts += torch.stack(counts).cpu()
 
     def reset(self) -> None:

@@ -10,24 +10,35 @@ the plumbing:
 - :func:`connected_components`: 8-connected regions of boolean masks;
 - :func:`png_base64`, :func:`show`, :func:`html_table`: pictures and tables for the pages.
 """
+
 from __future__ import annotations
 
 import base64
 import html
 import io
 import logging
-from typing import Any, Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.multiprocessing.reductions import StorageWeakRef
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 from torch.utils.flop_counter import FlopCounterMode
-from torch.multiprocessing.reductions import StorageWeakRef
 
-__all__ = ["seconds", "flops", "training_cost", "PeakTensorMemory", "peak_forward_bytes", "connected_components",
-           "png_base64", "show", "html_table"]
+__all__ = [
+    "seconds",
+    "flops",
+    "training_cost",
+    "PeakTensorMemory",
+    "peak_forward_bytes",
+    "connected_components",
+    "png_base64",
+    "show",
+    "html_table",
+]
 
 
 def seconds(fn: Callable[[], Any], min_run_time: float = 0.2) -> float:
@@ -40,7 +51,7 @@ def seconds(fn: Callable[[], Any], min_run_time: float = 0.2) -> float:
         raise TypeError(f"seconds() needs a callable, got {type(fn).__name__}")
     if min_run_time <= 0:
         raise ValueError(f"min_run_time must be positive, got {min_run_time}")
-    logger = logging.getLogger("torch.utils.cpp_extension")   # its import warns on machines without CUDA
+    logger = logging.getLogger("torch.utils.cpp_extension")  # its import warns on machines without CUDA
     level = logger.level
     logger.setLevel(logging.ERROR)
     try:
@@ -68,8 +79,10 @@ def training_cost(model: nn.Module, images: torch.Tensor, masks: torch.Tensor) -
     (they exist anyway); each saved storage counts once. The gradients are cleared afterwards.
     """
     if images.ndim != 4 or masks.ndim != 3 or masks.shape != images.shape[:1] + images.shape[2:]:
-        raise ValueError(f"training_cost needs images (N, C, H, W) and masks (N, H, W), got "
-                         f"{tuple(images.shape)} and {tuple(masks.shape)}")
+        raise ValueError(
+            f"training_cost needs images (N, C, H, W) and masks (N, H, W), got "
+            f"{tuple(images.shape)} and {tuple(masks.shape)}"
+        )
     weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
     saved: dict[int, int] = {}
 
@@ -94,8 +107,8 @@ class PeakTensorMemory(TorchDispatchMode):
     frees internally are not seen.
     """
 
-    def __enter__(self) -> "PeakTensorMemory":
-        self.live: dict[int, tuple[StorageWeakRef, int]] = {}      # storage address -> (weak reference, bytes)
+    def __enter__(self) -> PeakTensorMemory:
+        self.live: dict[int, tuple[StorageWeakRef, int]] = {}  # storage address -> (weak reference, bytes)
         self.peak = 0
         return super().__enter__()
 
@@ -124,9 +137,10 @@ def connected_components(region: torch.Tensor) -> torch.Tensor:
     max-pool flood fill, which takes as many passes as the longest path inside a component.
     """
     if region.ndim != 3 or region.dtype != torch.bool:
-        raise ValueError(f"connected_components needs an (N, H, W) bool tensor, got {tuple(region.shape)} "
-                         f"{region.dtype}")
-    mask = region.double()                        # float64 holds the ids exactly beyond 2**24 pixels
+        raise ValueError(
+            f"connected_components needs an (N, H, W) bool tensor, got {tuple(region.shape)} {region.dtype}"
+        )
+    mask = region.double()  # float64 holds the ids exactly beyond 2**24 pixels
     ids = torch.arange(1, region.numel() + 1, dtype=torch.float64).view(region.shape) * mask
     while True:
         grown = F.max_pool2d(ids.unsqueeze(1), 3, stride=1, padding=1).squeeze(1) * mask
@@ -154,8 +168,11 @@ def show(ax, image: torch.Tensor, title: str = "", interpolation: str = "nearest
         raise ValueError(f"show needs a (C, H, W) or (H, W) tensor, got {tuple(image.shape)}")
     picture = image.permute(1, 2, 0) if image.ndim == 3 else image
     picture = picture.detach().cpu()
-    ax.imshow(picture.clamp(0, 1).numpy() if picture.is_floating_point() else picture.numpy(),
-              interpolation=interpolation, **kwargs)
+    ax.imshow(
+        picture.clamp(0, 1).numpy() if picture.is_floating_point() else picture.numpy(),
+        interpolation=interpolation,
+        **kwargs,
+    )
     ax.set_title(title)
     ax.set_xticks([])
     ax.set_yticks([])
@@ -173,5 +190,6 @@ def html_table(header: Sequence[str], rows: Iterable[Sequence[Any]]):
     def cells(values, tag):
         return "".join(f"<{tag}>{html.escape(str(v))}</{tag}>" for v in values)
 
-    return HTML(f"<table><tr>{cells(header, 'th')}</tr>" + "".join(f"<tr>{cells(r, 'td')}</tr>" for r in rows)
-                + "</table>")
+    return HTML(
+        f"<table><tr>{cells(header, 'th')}</tr>" + "".join(f"<tr>{cells(r, 'td')}</tr>" for r in rows) + "</table>"
+    )

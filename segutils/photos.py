@@ -3,6 +3,7 @@
 The photographs load from the files inside the installed ``scikit-image`` package (no download).
 Each comes with its credit and licence, as scikit-image documents them.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
@@ -19,8 +20,16 @@ from segutils.data.voc import voc_palette
 from segutils.viz import legend_handles, overlay
 
 __all__ = [
-    "Photo", "PHOTOS", "VOC_PALETTE", "credits_table", "load_photo", "read_image", "plot_crops", "plot_photos",
-    "plot_predictions", "plot_probabilities",
+    "Photo",
+    "PHOTOS",
+    "VOC_PALETTE",
+    "credits_table",
+    "load_photo",
+    "read_image",
+    "plot_crops",
+    "plot_photos",
+    "plot_predictions",
+    "plot_probabilities",
 ]
 
 #: The PASCAL VOC colour of each class id, ``(21, 3)`` uint8 (the devkit's colour map).
@@ -42,15 +51,34 @@ class Photo:
 PHOTOS: dict[str, Photo] = {
     photo.name: photo
     for photo in (
-        Photo("astronaut", "astronaut.png", "the astronaut Eileen Collins",
-              "NASA (NASA Great Images database), via scikit-image's `skimage.data.astronaut`",
-              "public domain: no known copyright restrictions"),
-        Photo("chelsea", "chelsea.png", "Chelsea the cat",
-              "Stefan van der Walt, via scikit-image's `skimage.data.chelsea`", "CC0"),
-        Photo("coffee", "coffee.png", "a coffee cup",
-              "Rachel Michetti, courtesy of Pikolo Espresso Bar, via scikit-image's `skimage.data.coffee`", "CC0"),
-        Photo("camera", "camera.png", "a photographer with a camera on a tripod (greyscale)",
-              "Lav Varshney, via scikit-image's `skimage.data.camera`", "CC0"),
+        Photo(
+            "astronaut",
+            "astronaut.png",
+            "the astronaut Eileen Collins",
+            "NASA (NASA Great Images database), via scikit-image's `skimage.data.astronaut`",
+            "public domain: no known copyright restrictions",
+        ),
+        Photo(
+            "chelsea",
+            "chelsea.png",
+            "Chelsea the cat",
+            "Stefan van der Walt, via scikit-image's `skimage.data.chelsea`",
+            "CC0",
+        ),
+        Photo(
+            "coffee",
+            "coffee.png",
+            "a coffee cup",
+            "Rachel Michetti, courtesy of Pikolo Espresso Bar, via scikit-image's `skimage.data.coffee`",
+            "CC0",
+        ),
+        Photo(
+            "camera",
+            "camera.png",
+            "a photographer with a camera on a tripod (greyscale)",
+            "Lav Varshney, via scikit-image's `skimage.data.camera`",
+            "CC0",
+        ),
     )
 }
 
@@ -84,7 +112,9 @@ def credits_table(photos: Mapping[str, Tensor]) -> str:
     lines = ["| photograph | pixels | subject | credit | licence |", "|---|---|---|---|---|"]
     for name, image in photos.items():
         photo = PHOTOS[name]
-        lines.append(f"| {name} | {image.shape[2]}×{image.shape[1]} | {photo.subject} | {photo.credit} | {photo.licence} |")
+        lines.append(
+            f"| {name} | {image.shape[2]}×{image.shape[1]} | {photo.subject} | {photo.credit} | {photo.licence} |"
+        )
     return "\n".join(lines)
 
 
@@ -111,7 +141,10 @@ def _legend(fig: Figure, masks: Sequence[Tensor], classes: Sequence[str]) -> Non
 
 
 def plot_predictions(
-    photos: Mapping[str, Tensor], predictions: Mapping[str, Mapping[str, Tensor]], classes: Sequence[str], alpha: float = 0.6
+    photos: Mapping[str, Tensor],
+    predictions: Mapping[str, Mapping[str, Tensor]],
+    classes: Sequence[str],
+    alpha: float = 0.6,
 ) -> Figure:
     """One row per photograph: the photograph, then each network's prediction over it (VOC colours).
 
@@ -121,8 +154,13 @@ def plot_predictions(
         classes: class names, index = class id (background 0 is left uncoloured).
     """
     columns = ["photograph", *predictions]
-    fig, axes = plt.subplots(len(photos), len(columns), figsize=(2.6 * len(columns) + 1.8, 2.1 * len(photos)),
-                             squeeze=False, layout="constrained")
+    fig, axes = plt.subplots(
+        len(photos),
+        len(columns),
+        figsize=(2.6 * len(columns) + 1.8, 2.1 * len(photos)),
+        squeeze=False,
+        layout="constrained",
+    )
     for row, (name, image) in enumerate(photos.items()):
         _show(axes[row, 0], image, name if row else f"photograph: {name}")
         for col, network in enumerate(predictions, start=1):
@@ -146,7 +184,9 @@ def plot_probabilities(image: Tensor, probabilities: Tensor, classes: Sequence[s
     return fig
 
 
-def plot_crops(image: Tensor, variants: Mapping[str, Tensor], box: tuple[int, int, int, int], alpha: float = 0.6) -> Figure:
+def plot_crops(
+    image: Tensor, variants: Mapping[str, Tensor], box: tuple[int, int, int, int], alpha: float = 0.6
+) -> Figure:
     """The same crop ``(top, left, height, width)`` of several predictions ``(H, W)`` of one image ``(3, H, W)``."""
     top, left, height, width = box
     crop = (slice(top, top + height), slice(left, left + width))

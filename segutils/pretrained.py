@@ -16,11 +16,12 @@ Typical use::
     model = load_pretrained("fcn_resnet50")              # eval mode, on the CPU
     logits = predict(model, images, "fcn_resnet50")      # (N, 21, H, W) for images (N, 3, H, W) in [0, 1]
 """
+
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -77,7 +78,11 @@ _BUILDERS: dict[str, tuple[Callable[..., nn.Module], WeightsEnum, bool]] = {
     # name: (torchvision builder, weights, whether the published state dict holds an auxiliary head)
     "fcn_resnet50": (fcn_resnet50, FCN_ResNet50_Weights.COCO_WITH_VOC_LABELS_V1, True),
     "deeplabv3_resnet50": (deeplabv3_resnet50, DeepLabV3_ResNet50_Weights.COCO_WITH_VOC_LABELS_V1, True),
-    "lraspp_mobilenet_v3_large": (lraspp_mobilenet_v3_large, LRASPP_MobileNet_V3_Large_Weights.COCO_WITH_VOC_LABELS_V1, False),
+    "lraspp_mobilenet_v3_large": (
+        lraspp_mobilenet_v3_large,
+        LRASPP_MobileNet_V3_Large_Weights.COCO_WITH_VOC_LABELS_V1,
+        False,
+    ),
 }
 
 
@@ -169,7 +174,9 @@ def _read_state_dict(path: Path, name: str) -> dict[str, Tensor]:
             f"the file is corrupt or truncated: delete it and run `{FETCH_COMMAND} {name}`"
         ) from error
     if not isinstance(state, Mapping) or not all(isinstance(v, Tensor) for v in state.values()):
-        raise WeightsFileError(f"{path} does not hold a state dict (a mapping of names to tensors) but a {type(state).__name__}")
+        raise WeightsFileError(
+            f"{path} does not hold a state dict (a mapping of names to tensors) but a {type(state).__name__}"
+        )
     return dict(state)
 
 
@@ -179,7 +186,8 @@ def _check_architecture(state: Mapping[str, Tensor], model: nn.Module, path: Pat
     unexpected = [k for k in state if k not in expected]
     shapes = [
         f"{k} {tuple(state[k].shape)} instead of {tuple(v.shape)}"
-        for k, v in expected.items() if k in state and state[k].shape != v.shape
+        for k, v in expected.items()
+        if k in state and state[k].shape != v.shape
     ]
     if missing or unexpected or shapes:
         problems = []
@@ -343,7 +351,9 @@ class LogitsOnly(nn.Module):
         return self.model((images - self.mean) / self.std)["out"]
 
 
-def evaluate_on(model: nn.Module, name: str, dataset: Sequence[tuple[Tensor, Tensor]], indices: Sequence[int]) -> dict[str, Any]:
+def evaluate_on(
+    model: nn.Module, name: str, dataset: Sequence[tuple[Tensor, Tensor]], indices: Sequence[int]
+) -> dict[str, Any]:
     """Pixel accuracy and mean IoU of a pretrained network on ``dataset[i]`` for ``i`` in ``indices``.
 
     Each image ``(3, H, W)`` in ``[0, 1]`` goes through :func:`predict` (the weights' own resizing, logits

@@ -9,6 +9,7 @@ input pixels. The empirical receptive field is the bounding box of the input pix
 gradient on the centre output unit is nonzero; for a single-path network of random weights
 both agree, and the empirical one also works for encoder-decoders with several paths.
 """
+
 from __future__ import annotations
 
 import copy
@@ -27,8 +28,16 @@ Layer = tuple[int, int, int]  # (kernel_size, stride, dilation)
 # Leaf modules that never look at neighbouring pixels. BatchNorm counts as pointwise: in
 # eval mode it is a per-channel affine map (in train mode its batch statistics see everything).
 _POINTWISE = (
-    nn.BatchNorm2d, nn.ReLU, nn.LeakyReLU, nn.GELU, nn.SiLU, nn.Tanh, nn.Sigmoid,
-    nn.Identity, nn.Dropout, nn.Dropout2d,
+    nn.BatchNorm2d,
+    nn.ReLU,
+    nn.LeakyReLU,
+    nn.GELU,
+    nn.SiLU,
+    nn.Tanh,
+    nn.Sigmoid,
+    nn.Identity,
+    nn.Dropout,
+    nn.Dropout2d,
 )
 _SPATIAL = (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)
 _MULTI_PATH = (EncoderDecoderFCN, UNet)
@@ -208,8 +217,7 @@ def empirical_receptive_field(
     top, bottom, left, right = (int(v) for v in (rows.min(), rows.max(), cols.min(), cols.max()))
     if top == 0 or left == 0 or bottom == size - 1 or right == size - 1:
         warnings.warn(
-            f"the receptive field touches the border of the {size}x{size} probe image and may be larger; "
-            "increase size",
+            f"the receptive field touches the border of the {size}x{size} probe image and may be larger; increase size",
             stacklevel=2,
         )
     return max(bottom - top + 1, right - left + 1)

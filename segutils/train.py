@@ -1,4 +1,5 @@
 """Training and evaluation loops, in the plain style of torchvision's segmentation references."""
+
 from __future__ import annotations
 
 import contextlib
@@ -162,8 +163,12 @@ def train_one_epoch(
     if confusion is None:
         raise ValueError("train_loader yielded no batch")
     metrics = confusion.compute()
-    return {"loss": loss_sum.item() / batches, "pixel_accuracy": metrics["pixel_accuracy"].item(),
-            "mean_iou": metrics["mean_iou"].item(), "num_classes": num_classes}
+    return {
+        "loss": loss_sum.item() / batches,
+        "pixel_accuracy": metrics["pixel_accuracy"].item(),
+        "mean_iou": metrics["mean_iou"].item(),
+        "num_classes": num_classes,
+    }
 
 
 def fit(
@@ -242,15 +247,31 @@ def fit(
         if steps_per_epoch and patience is None
         else None
     )
-    history: dict[str, list[float]] = {"epoch": [], "lr": [], "train_loss": [], "train_pixel_accuracy": [],
-                                       "train_mean_iou": [], "seconds": []}
+    history: dict[str, list[float]] = {
+        "epoch": [],
+        "lr": [],
+        "train_loss": [],
+        "train_pixel_accuracy": [],
+        "train_mean_iou": [],
+        "seconds": [],
+    }
     best_loss, best_epoch, best_state, waited, dropped = math.inf, 0, None, 0, False
     start = time.perf_counter()
     for epoch in range(1, epochs + 1):
         history["lr"].append(optimizer.param_groups[0]["lr"])
-        train = train_one_epoch(model, train_loader, optimizer, scheduler=scheduler, device=device, amp=amp,
-                                scaler=scaler, num_classes=num_classes, ignore_index=ignore_index, progress=progress,
-                                desc=f"epoch {epoch}/{epochs}")
+        train = train_one_epoch(
+            model,
+            train_loader,
+            optimizer,
+            scheduler=scheduler,
+            device=device,
+            amp=amp,
+            scaler=scaler,
+            num_classes=num_classes,
+            ignore_index=ignore_index,
+            progress=progress,
+            desc=f"epoch {epoch}/{epochs}",
+        )
         num_classes = train["num_classes"]
         history["epoch"].append(epoch)
         for key in ("loss", "pixel_accuracy", "mean_iou"):
@@ -285,7 +306,9 @@ def fit(
     return history
 
 
-def save_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer | None = None, **extra: Any) -> Path:
+def save_checkpoint(
+    path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer | None = None, **extra: Any
+) -> Path:
     """Save the model's (and optionally the optimizer's) state plus plain-Python ``extra``
     (e.g. ``model_name="unet"``, ``history=...``) to ``path``; parent folders are created."""
     path = Path(path)

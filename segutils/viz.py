@@ -1,8 +1,9 @@
 """Pictures for the book: sample grids, overlays, training curves, confusion matrices,
 receptive fields. Every function returns the matplotlib Figure (nothing is shown or saved)."""
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import matplotlib.pyplot as plt
 import torch
@@ -19,7 +20,9 @@ def _image_hwc(image: torch.Tensor) -> torch.Tensor:
     return image.detach().float().cpu().clamp(0, 1).permute(1, 2, 0)
 
 
-def legend_handles(classes: Sequence[str] = CLASSES, palette: torch.Tensor = PALETTE, ignore: bool = True) -> list[Patch]:
+def legend_handles(
+    classes: Sequence[str] = CLASSES, palette: torch.Tensor = PALETTE, ignore: bool = True
+) -> list[Patch]:
     """Legend entries (one coloured patch per class, plus the ignore colour)."""
     handles = [Patch(color=(palette[i].float() / 255).tolist(), label=name) for i, name in enumerate(classes)]
     if ignore:
@@ -44,7 +47,9 @@ def show_samples(
         predictions: ``(N, H, W)`` class ids, or logits ``(N, K, H, W)`` (argmax taken).
     """
     if images.ndim != 4 or masks.ndim != 3 or images.shape[0] != masks.shape[0]:
-        raise ValueError(f"expected images (N, C, H, W) and masks (N, H, W), got {tuple(images.shape)} and {tuple(masks.shape)}")
+        raise ValueError(
+            f"expected images (N, C, H, W) and masks (N, H, W), got {tuple(images.shape)} and {tuple(masks.shape)}"
+        )
     if predictions is not None and predictions.is_floating_point():
         predictions = predictions.argmax(1)
     rows = [images, masks] + ([predictions] if predictions is not None else [])
@@ -63,7 +68,9 @@ def show_samples(
     return fig
 
 
-def overlay(image: torch.Tensor, mask: torch.Tensor, alpha: float = 0.5, palette: torch.Tensor = PALETTE) -> torch.Tensor:
+def overlay(
+    image: torch.Tensor, mask: torch.Tensor, alpha: float = 0.5, palette: torch.Tensor = PALETTE
+) -> torch.Tensor:
     """Blend the class colours of ``mask`` ``(H, W)`` over ``image`` ``(3, H, W)`` in ``[0, 1]``.
 
     Background (class 0) and ignored pixels stay uncoloured. Returns uint8 ``(3, H, W)``.
@@ -106,7 +113,9 @@ def plot_confusion_matrix(conf: torch.Tensor, classes: Sequence[str] = CLASSES, 
     ax.set_yticks(range(len(classes)), classes)
     ax.set_xlabel("prediction")
     ax.set_ylabel("target")
-    for (i, j), v in zip(torch.cartesian_prod(torch.arange(len(classes)), torch.arange(len(classes))).tolist(), values.flatten()):
+    for (i, j), v in zip(
+        torch.cartesian_prod(torch.arange(len(classes)), torch.arange(len(classes))).tolist(), values.flatten()
+    ):
         text = f"{v:.2f}" if normalize else f"{int(v)}"
         ax.text(j, i, text, ha="center", va="center", color="white" if v > values.max() / 2 else "black", fontsize=8)
     fig.colorbar(shown, ax=ax, label="fraction of the row" if normalize else "pixels")

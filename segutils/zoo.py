@@ -6,6 +6,7 @@ shaped it is unchanged: the model name and arguments, the training configuration
 and the source code of segutils' data, models and training loop (so a code change
 retrains). The cache lives in ``$SEGUTILS_CACHE`` (default ``~/.cache/segutils``).
 """
+
 from __future__ import annotations
 
 import ast
@@ -57,8 +58,15 @@ def _code_fingerprint(source: str) -> str:
     for node in ast.walk(tree):
         body = getattr(node, "body", None)
         if isinstance(body, list):  # drop docstrings, and attribute docstrings (bare strings) too
-            node.body = [stmt for stmt in body if not (isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Constant)
-                                                       and isinstance(stmt.value.value, str))] or [ast.Pass()]
+            node.body = [
+                stmt
+                for stmt in body
+                if not (
+                    isinstance(stmt, ast.Expr)
+                    and isinstance(stmt.value, ast.Constant)
+                    and isinstance(stmt.value.value, str)
+                )
+            ] or [ast.Pass()]
     return ast.dump(tree)
 
 
@@ -110,7 +118,9 @@ def trained_model(
     Returns:
         ``(model, history)`` where ``history`` is :func:`segutils.train.fit`'s.
     """
-    key = json.dumps({"name": name, "kwargs": model_kwargs, "config": asdict(config), "source": _source_digest()}, sort_keys=True)
+    key = json.dumps(
+        {"name": name, "kwargs": model_kwargs, "config": asdict(config), "source": _source_digest()}, sort_keys=True
+    )
     path = cache_dir() / f"{name}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.pt"
     torch.manual_seed(config.seed)
     model = build_model(name, **model_kwargs)
@@ -118,8 +128,17 @@ def trained_model(
         history = load_checkpoint(path, model)["extra"]["history"]
     else:
         train_loader, val_loader = loaders(config)
-        history = fit(model, train_loader, val_loader, epochs=config.epochs, lr=config.lr, device=device, seed=config.seed,
-                      patience=config.patience, progress=progress)
+        history = fit(
+            model,
+            train_loader,
+            val_loader,
+            epochs=config.epochs,
+            lr=config.lr,
+            device=device,
+            seed=config.seed,
+            patience=config.patience,
+            progress=progress,
+        )
         model.cpu()
         tmp = path.with_suffix(".tmp")
         save_checkpoint(tmp, model, history=history, name=name)

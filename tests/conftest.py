@@ -1,4 +1,5 @@
 """Fixtures shared by several test modules."""
+
 from __future__ import annotations
 
 import fcntl
@@ -47,7 +48,11 @@ def book_build() -> BookBuild:
         fcntl.flock(lock, fcntl.LOCK_EX)
         start = time.perf_counter()
         result = subprocess.run(
-            ["make", "--no-print-directory", "book"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+            ["make", "--no-print-directory", "book"],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
         )
     return BookBuild(
         returncode=result.returncode,

@@ -5,6 +5,7 @@ and glue the values too. :func:`contradictions` reads both from an executed note
 re-applies each rule, written here independently of the chapters' code, so a sentence can
 never claim an improvement that the numbers next to it contradict.
 """
+
 from __future__ import annotations
 
 import ast
@@ -38,7 +39,9 @@ def _beyond(diff: float, spread: float, words: dict[str, str]) -> str:
 
 
 def _versus_background(gain: float) -> str:
-    return "no better than" if gain < 0.005 else "barely above" if gain < 0.05 else "above" if gain < 0.2 else "far above"
+    return (
+        "no better than" if gain < 0.005 else "barely above" if gain < 0.05 else "above" if gain < 0.2 else "far above"
+    )
 
 
 CH7_RAISE = {"up": "raise", "down": "lower", "same": "do not change"}
@@ -51,18 +54,39 @@ RULES: dict[str, list[tuple[str, tuple[str, ...], Callable[..., str]]]] = {
         ("plain_verdict", ("plain_gain",), _versus_background),
     ],
     "07_encoder_decoder": [
-        (f"ch7_skip_{what}_words", (f"ch7_skip_diff_{column}", f"ch7_skip_spread_{column}"),
-         lambda d, s: _beyond(d, s, CH7_RAISE))
-        for what, column in [("miou", "mIoU"), ("edge", "edge_mIoU"), ("bf", "object_boundary_F"), ("shape", "shape_accuracy")]
-    ] + [
-        (f"ch7_{pair}_{what}_words", (f"ch7_{pair}_diff_{column}", f"ch7_{pair}_spread_{column}"),
-         lambda d, s: _beyond(d, s, CH7_THAN))
+        (
+            f"ch7_skip_{what}_words",
+            (f"ch7_skip_diff_{column}", f"ch7_skip_spread_{column}"),
+            lambda d, s: _beyond(d, s, CH7_RAISE),
+        )
+        for what, column in [
+            ("miou", "mIoU"),
+            ("edge", "edge_mIoU"),
+            ("bf", "object_boundary_F"),
+            ("shape", "shape_accuracy"),
+        ]
+    ]
+    + [
+        (
+            f"ch7_{pair}_{what}_words",
+            (f"ch7_{pair}_diff_{column}", f"ch7_{pair}_spread_{column}"),
+            lambda d, s: _beyond(d, s, CH7_THAN),
+        )
         for pair in ("skip1", "skip2", "unet")
         for what, column in [("bf", "object_boundary_F"), ("edge", "edge_mIoU"), ("miou", "mIoU")]
     ],
     "08_putting_it_together": [
-        ("ch8_rho_words", ("ch8_rho",), lambda rho: "the larger the receptive field" if rho > 0.7
-         else "a larger receptive field tends" if rho > 0.3 else "the receptive field alone does not"),
+        (
+            "ch8_rho_words",
+            ("ch8_rho",),
+            lambda rho: (
+                "the larger the receptive field"
+                if rho > 0.7
+                else "a larger receptive field tends"
+                if rho > 0.3
+                else "the receptive field alone does not"
+            ),
+        ),
     ],
 }
 
@@ -78,32 +102,73 @@ def contradictions(chapter: str, path: Path) -> list[str]:
             continue
         expected = rule(*(float(values[k]) for k in value_keys))
         if not str(values[words_key]).startswith(expected):
-            problems.append(f"{chapter}: {words_key} = {values[words_key]!r}, but "
-                            f"{dict((k, values[k]) for k in value_keys)} allow only {expected!r}")
+            problems.append(
+                f"{chapter}: {words_key} = {values[words_key]!r}, but "
+                f"{dict((k, values[k]) for k in value_keys)} allow only {expected!r}"
+            )
     return problems
 
 
 RULES["07_encoder_decoder"] += [
-    ("ch7_find_vs_name", ("ch7_object_iou", "ch7_class_miou"), lambda o, c: "better than" if o > c else "no better than"),
-    ("ch7_dominance_words", ("ch7_object_iou", "ch7_class_miou"),
-     lambda o, c: "that decision, not the placement of edges, dominates" if o - c > 0.1 else "finding the objects and"),
+    (
+        "ch7_find_vs_name",
+        ("ch7_object_iou", "ch7_class_miou"),
+        lambda o, c: "better than" if o > c else "no better than",
+    ),
+    (
+        "ch7_dominance_words",
+        ("ch7_object_iou", "ch7_class_miou"),
+        lambda o, c: (
+            "that decision, not the placement of edges, dominates" if o - c > 0.1 else "finding the objects and"
+        ),
+    ),
 ]
 
 RULES["07_encoder_decoder"] += [
-    ("ch7_chance_words", ("ch7_skip_spread_object_boundary_F", "ch7_skip_diff_object_boundary_F"),
-     lambda spread, diff: "as large as" if spread >= abs(diff) else "smaller than"),
-    ("ch7_skip_class_effect", ("ch7_skip_diff_shape_accuracy", "ch7_skip_spread_shape_accuracy"),
-     lambda d, s: _beyond(d, s, {"up": "here they even help", "down": "adding their local evidence",
-                                 "same": "here they leave"})),
+    (
+        "ch7_chance_words",
+        ("ch7_skip_spread_object_boundary_F", "ch7_skip_diff_object_boundary_F"),
+        lambda spread, diff: "as large as" if spread >= abs(diff) else "smaller than",
+    ),
+    (
+        "ch7_skip_class_effect",
+        ("ch7_skip_diff_shape_accuracy", "ch7_skip_spread_shape_accuracy"),
+        lambda d, s: _beyond(
+            d, s, {"up": "here they even help", "down": "adding their local evidence", "same": "here they leave"}
+        ),
+    ),
 ]
 
 RULES["07_encoder_decoder"] += [
-    ("ch7_plateau_words", ("ch7_at_cap",), lambda n: "every run stopped at a plateau" if n == 0 else f"{int(n)} of the"),
+    (
+        "ch7_plateau_words",
+        ("ch7_at_cap",),
+        lambda n: "every run stopped at a plateau" if n == 0 else f"{int(n)} of the",
+    ),
 ]
 
 RULES["05_dilated_convolution"] = [
-    ("ch5_verdict", ("ch5_gain",), lambda g: "a large improvement on" if g >= 0.1 else "an improvement on" if g >= 0.02
-     else "about the same as" if g > -0.02 else "worse than"),
-    ("ch5_seed_verdict", ("ch5_seed_gain", "ch5_seed_spread"), lambda g, s: "larger than" if abs(g) > s else "not larger than"),
-    ("ch5_noise_note", ("ch5_seed_gain", "ch5_seed_spread"), lambda g, s: "Since nothing but" if abs(g) > s else "So these runs"),
+    (
+        "ch5_verdict",
+        ("ch5_gain",),
+        lambda g: (
+            "a large improvement on"
+            if g >= 0.1
+            else "an improvement on"
+            if g >= 0.02
+            else "about the same as"
+            if g > -0.02
+            else "worse than"
+        ),
+    ),
+    (
+        "ch5_seed_verdict",
+        ("ch5_seed_gain", "ch5_seed_spread"),
+        lambda g, s: "larger than" if abs(g) > s else "not larger than",
+    ),
+    (
+        "ch5_noise_note",
+        ("ch5_seed_gain", "ch5_seed_spread"),
+        lambda g, s: "Since nothing but" if abs(g) > s else "So these runs",
+    ),
 ]

@@ -13,6 +13,7 @@ Conventions every assignment follows (``tests/test_assignments.py`` relies on th
 Everything runs in a temporary course directory (a copy of ``nbgrader_config.py`` and
 ``solutions/``), never in the repository.
 """
+
 from __future__ import annotations
 
 import ast
@@ -221,9 +222,7 @@ def run_nbgrader(
 ) -> subprocess.CompletedProcess:
     """Run ``nbgrader <args>`` in ``course``; raise with its log if it fails."""
     command = [str(Path(sys.executable).parent / "nbgrader"), *args]
-    result = subprocess.run(
-        command, cwd=course, env=_environment(env), capture_output=True, text=True, timeout=timeout
-    )
+    result = subprocess.run(command, cwd=course, env=_environment(env), capture_output=True, text=True, timeout=timeout)
     if result.returncode != 0:
         raise RuntimeError(
             f"`nbgrader {' '.join(args)}` failed with exit code {result.returncode}\n"
@@ -237,8 +236,11 @@ def make_course(root: Path, assignment_ids: Iterable[str], config: Path = CONFIG
     root.mkdir(parents=True, exist_ok=True)
     shutil.copy(config, root / "nbgrader_config.py")
     for aid in assignment_ids:
-        shutil.copytree(SOLUTIONS / aid, root / "solutions" / aid, ignore=shutil.ignore_patterns(
-            ".ipynb_checkpoints", "__pycache__"))
+        shutil.copytree(
+            SOLUTIONS / aid,
+            root / "solutions" / aid,
+            ignore=shutil.ignore_patterns(".ipynb_checkpoints", "__pycache__"),
+        )
     return root
 
 

@@ -10,6 +10,7 @@ The corpus is graded with CUDA hidden, so that what a fixture loses does not dep
 machine; ``test_reference_scores_full_marks_on_cuda`` grades the reference on the GPU when
 there is one.
 """
+
 from __future__ import annotations
 
 import csv
@@ -17,10 +18,9 @@ import html
 import re
 from pathlib import Path
 
+import nbgrader_harness as h
 import pytest
 import torch
-
-import nbgrader_harness as h
 
 IDS = h.assignment_ids()
 FIXTURES = [f for aid in IDS for f in h.load_fixtures(aid)]
@@ -172,8 +172,9 @@ def test_reference_scores_full_marks(aid, corpora):
     failed = {gid: h.error_summary(c) for gid, c in h.graded_test_cells(nb).items() if gid in _lost(scores)}
     assert not failed, f"the reference solution of {aid} loses points on {failed}"
     # nbgrader reads a number shown as a test cell's value as partial credit: test cells show none.
-    valued = [gid for gid, c in h.graded_test_cells(nb).items() if any(
-        o.output_type == "execute_result" for o in c.outputs)]
+    valued = [
+        gid for gid, c in h.graded_test_cells(nb).items() if any(o.output_type == "execute_result" for o in c.outputs)
+    ]
     assert not valued, f"test cells {valued} of {aid} end with an expression; end them with a statement"
 
 
@@ -223,7 +224,8 @@ def test_feedback_and_export(aid, corpora):
         for gid in fixture.expected_failures:
             first_line = h.error_summary(cells[gid]).split(": ", 1)[-1].split("\n")[0][:60]
             assert first_line in page or html.escape(first_line) in page, (
-                f"the feedback page of {name} does not show why {gid} failed ({first_line!r})")
+                f"the feedback page of {name} does not show why {gid} failed ({first_line!r})"
+            )
     h.run_nbgrader(corpus.course, "export")
     with open(corpus.course / "grades.csv", newline="", encoding="utf-8") as file:
         rows = list(csv.DictReader(file))
@@ -260,8 +262,13 @@ def _toy_notebook():
     nb = v4.new_notebook()
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nb.cells = [
-        cell("def f(x):\n    ### BEGIN SOLUTION\n    return x + 1\n    ### END SOLUTION", "f",
-             solution=True, grade=False, locked=False),
+        cell(
+            "def f(x):\n    ### BEGIN SOLUTION\n    return x + 1\n    ### END SOLUTION",
+            "f",
+            solution=True,
+            grade=False,
+            locked=False,
+        ),
         # A PyTorch UserWarning printed on stderr must not cost the cell its points.
         test("import torch\ntorch.tensor(torch.ones(1))\nassert f(1) == 2", "torch_warning"),
         test("import warnings\nwarnings.warn('careful', UserWarning)\nassert f(1) == 2", "python_warning"),
@@ -288,8 +295,12 @@ def test_config_grades_warnings_errors_and_timeouts(tmp_path):
     h.run_nbgrader(course, "autograde", "toy", "--force", "--Execute.timeout=20")
     scores = {gid: s.score for gid, s in h.read_scores(course, "toy", "student").items()}
     assert scores == {
-        "torch_warning": 1, "python_warning": 1, "other_stderr": 0, "failing": 0,
-        "infinite_loop": 0, "after_the_loop": 1,
+        "torch_warning": 1,
+        "python_warning": 1,
+        "other_stderr": 0,
+        "failing": 0,
+        "infinite_loop": 0,
+        "after_the_loop": 1,
     }
     outputs = h.graded_test_cells(h.autograded_notebook(course, "toy", "student"))
     assert "Warning" not in str(outputs["python_warning"].outputs), "the warning output should be dropped"

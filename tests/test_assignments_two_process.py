@@ -6,20 +6,21 @@ module class defined by the test cell, a measurement of the student's model by a
 needs a real ``nn.Module``, a dispatch mode of the test's own) loses the reference points there while
 plain ``nbgrader autograde`` (``tests/test_assignments.py``) still gives full marks.
 """
+
 from __future__ import annotations
 
 import subprocess
 import sys
 
 import nbformat
-import pytest
-
 import nbgrader_harness as h
+import pytest
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("aid", [pytest.param(a, marks=pytest.mark.xdist_group(f"two-process-{a}"))
-                                 for a in h.assignment_ids()])
+@pytest.mark.parametrize(
+    "aid", [pytest.param(a, marks=pytest.mark.xdist_group(f"two-process-{a}")) for a in h.assignment_ids()]
+)
 def test_reference_scores_full_marks_with_two_processes(aid, tmp_path):
     course = h.make_course(tmp_path / "course", [aid])
     release = h.read_notebook(h.generate_release(course, aid))
@@ -28,9 +29,28 @@ def test_reference_scores_full_marks_with_two_processes(aid, tmp_path):
     export.mkdir()
     nbformat.write(h.submission(release, source), export / f"{h.REFERENCE}.ipynb")
     run = subprocess.run(
-        [sys.executable, "-m", "segutils", "grade", aid, "--course-dir", str(course), "--submissions", str(export),
-         "--workers", "1", "--no-progress", "--two-process", *h.sandbox_args()],
-        capture_output=True, text=True, env=h._environment({"CUDA_VISIBLE_DEVICES": ""}), cwd=course, timeout=1800)
+        [
+            sys.executable,
+            "-m",
+            "segutils",
+            "grade",
+            aid,
+            "--course-dir",
+            str(course),
+            "--submissions",
+            str(export),
+            "--workers",
+            "1",
+            "--no-progress",
+            "--two-process",
+            *h.sandbox_args(),
+        ],
+        capture_output=True,
+        text=True,
+        env=h._environment({"CUDA_VISIBLE_DEVICES": ""}),
+        cwd=course,
+        timeout=1800,
+    )
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     scores = h.read_scores(course, aid, h.REFERENCE)
     assert set(scores) == set(h.graded_test_cells(source)), "the gradebook does not hold every graded cell"
@@ -42,8 +62,11 @@ def test_reference_scores_full_marks_with_two_processes(aid, tmp_path):
 def _called_by_other_answers(fixture: h.Fixture) -> bool:
     # a1's graded cells run sliding_window_segment with a correct extract_patches (the release says so), by
     # rebinding the name in the test's globals: a mistake in extract_patches costs its own cells only.
-    return fixture.assignment_id == "a1_sliding_window" and fixture.replaces == "extract_patches" \
+    return (
+        fixture.assignment_id == "a1_sliding_window"
+        and fixture.replaces == "extract_patches"
         and not fixture.name.startswith("correct_")
+    )
 
 
 @pytest.mark.slow
@@ -58,11 +81,32 @@ def test_a_mistake_the_tests_replace_is_not_counted_twice_with_two_processes(tmp
     export = tmp_path / "export"
     export.mkdir()
     for fixture in fixtures:
-        nbformat.write(h.submission(release, source, {fixture.replaces: fixture.source}), export / f"{fixture.name}.ipynb")
+        nbformat.write(
+            h.submission(release, source, {fixture.replaces: fixture.source}), export / f"{fixture.name}.ipynb"
+        )
     run = subprocess.run(
-        [sys.executable, "-m", "segutils", "grade", aid, "--course-dir", str(course), "--submissions", str(export),
-         "--workers", "2", "--no-progress", "--two-process", *h.sandbox_args()],
-        capture_output=True, text=True, env=h._environment({"CUDA_VISIBLE_DEVICES": ""}), cwd=course, timeout=1800)
+        [
+            sys.executable,
+            "-m",
+            "segutils",
+            "grade",
+            aid,
+            "--course-dir",
+            str(course),
+            "--submissions",
+            str(export),
+            "--workers",
+            "2",
+            "--no-progress",
+            "--two-process",
+            *h.sandbox_args(),
+        ],
+        capture_output=True,
+        text=True,
+        env=h._environment({"CUDA_VISIBLE_DEVICES": ""}),
+        cwd=course,
+        timeout=1800,
+    )
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     for fixture in fixtures:
         lost = {gid for gid, s in h.read_scores(course, aid, fixture.name).items() if not s.full}
@@ -70,4 +114,5 @@ def test_a_mistake_the_tests_replace_is_not_counted_twice_with_two_processes(tmp
         why = {gid: h.error_summary(cells[gid]) for gid in lost - set(fixture.expected_failures)}
         assert lost == set(fixture.expected_failures), (
             f"{fixture.name} under two-process grading lost {sorted(lost)}, expected "
-            f"{sorted(fixture.expected_failures)}: {why}")
+            f"{sorted(fixture.expected_failures)}: {why}"
+        )

@@ -5,6 +5,7 @@
 and kill them. ``max(lo, ...)`` or ``min(x, hi)`` with their arguments swapped compute the same: those two
 survive every test until they are listed in ``audit_equivalent.toml``.
 """
+
 from __future__ import annotations
 
 import json
@@ -29,8 +30,10 @@ WEAK_TEST = "assert clip(5) == 5\n"
 STRONG_TESTS = {
     "clip_bounds": "assert clip(-3) == 0 and clip(15) == 10 and clip(0) == 0 and clip(10) == 10 and clip(5) == 5\n",
     "clip_arguments": "assert clip(5, 6, 8) == 6 and clip(9, 6, 8) == 8\n",
-    "clip_checks": ("try:\n    clip(1, 2, 1)\nexcept ValueError:\n    pass\nelse:\n    raise AssertionError('no ValueError')\n"
-                    "assert clip(1, 1, 1) == 1\n"),
+    "clip_checks": (
+        "try:\n    clip(1, 2, 1)\nexcept ValueError:\n    pass\nelse:\n    raise AssertionError('no ValueError')\n"
+        "assert clip(1, 1, 1) == 1\n"
+    ),
 }
 SYMMETRIC_SWAPS = ("max(min(x, hi), lo)", "min(hi, x)")
 
@@ -38,16 +41,27 @@ SYMMETRIC_SWAPS = ("max(min(x, hi), lo)", "min(hi, x)")
 def write_assignment(root: Path, tests: dict[str, str], loop: bool = False) -> Path:
     """solutions/toy/toy.ipynb with a set-up cell, the solution cell and the graded test cells."""
     nb = nbformat.v4.new_notebook()
-    nb.cells.append(nbformat.v4.new_code_cell("import math", metadata={"nbgrader": {"grade_id": "setup", "locked": True}}))
+    nb.cells.append(
+        nbformat.v4.new_code_cell("import math", metadata={"nbgrader": {"grade_id": "setup", "locked": True}})
+    )
     source = SOLUTION
     if loop:  # a loop whose counter a mutant freezes: that mutant never ends
         source += "\n\ndef count_up(n):\n    i = 0\n    while i < n:\n        i += 1\n    return i\n"
         tests = {**tests, "count_up": "assert count_up(3) == 3\n"}
-    nb.cells.append(nbformat.v4.new_code_cell(source, metadata={"nbgrader": {
-        "grade_id": "clip", "solution": True, "grade": False, "locked": False}}))
+    nb.cells.append(
+        nbformat.v4.new_code_cell(
+            source, metadata={"nbgrader": {"grade_id": "clip", "solution": True, "grade": False, "locked": False}}
+        )
+    )
     for grade_id, test in tests.items():
-        nb.cells.append(nbformat.v4.new_code_cell(test, metadata={"nbgrader": {
-            "grade_id": grade_id, "grade": True, "solution": False, "locked": True, "points": 1}}))
+        nb.cells.append(
+            nbformat.v4.new_code_cell(
+                test,
+                metadata={
+                    "nbgrader": {"grade_id": grade_id, "grade": True, "solution": False, "locked": True, "points": 1}
+                },
+            )
+        )
     folder = root / "solutions" / "toy"
     folder.mkdir(parents=True)
     nbformat.write(nb, str(folder / "toy.ipynb"))
@@ -100,13 +114,13 @@ def test_a_strong_test_kills_them_and_the_equivalent_file_explains_the_rest(tmp_
     assert not report.reference_failures
     left = report.survivors
     assert sorted(next(s for s in SYMMETRIC_SWAPS if s in m.diff) for m in left) == sorted(SYMMETRIC_SWAPS), (
-        report.text())  # only the swapped arguments of max and min survive
+        report.text()
+    )  # only the swapped arguments of max and min survive
     assert any(m.status == "killed" and "hi=11" in m.diff for m in report.mutants)
 
     listed = tmp_path / "tests" / "fixtures" / "toy" / "audit_equivalent.toml"  # the default place
     listed.parent.mkdir(parents=True)
-    listed.write_text(
-        "".join(f'[[equivalent]]\nid = "{m.id}"\nreason = "max and min are symmetric"\n\n' for m in left))
+    listed.write_text("".join(f'[[equivalent]]\nid = "{m.id}"\nreason = "max and min are symmetric"\n\n' for m in left))
     report = audit_assignment("toy", solutions=solutions, jobs=2, timeout=30)
     assert report.ok and not report.survivors, report.text()
     assert {m.reason for m in report.mutants if m.status == "equivalent"} == {"max and min are symmetric"}
@@ -115,17 +129,20 @@ def test_a_strong_test_kills_them_and_the_equivalent_file_explains_the_rest(tmp_
 def test_first_catch_stops_a_mutant_at_the_first_test_that_catches_it_with_the_same_verdicts(tmp_path):
     """``hi=11`` fails clip_bounds and (later in the notebook) nothing else; ``lo >= hi`` fails clip_checks only;
     a mutant caught by two cells is reported with only the first under first_catch, and every verdict is the same."""
-    tests = {"clip_bounds": STRONG_TESTS["clip_bounds"], "clip_bounds_again": STRONG_TESTS["clip_bounds"],
-             "clip_checks": STRONG_TESTS["clip_checks"]}
+    tests = {
+        "clip_bounds": STRONG_TESTS["clip_bounds"],
+        "clip_bounds_again": STRONG_TESTS["clip_bounds"],
+        "clip_checks": STRONG_TESTS["clip_checks"],
+    }
     solutions = write_assignment(tmp_path, tests)
     whole = audit_assignment("toy", solutions=solutions, jobs=2, timeout=30)
     fast = audit_assignment("toy", solutions=solutions, jobs=2, timeout=30, first_catch=True)
     assert {m.id: m.status for m in fast.mutants} == {m.id: m.status for m in whole.mutants}
     twice = [m for m in whole.mutants if m.killed_by[:2] == ["clip_bounds", "clip_bounds_again"]]
-    assert twice, whole.text()                                  # the control: some mutant fails both copies
+    assert twice, whole.text()  # the control: some mutant fails both copies
     first = {m.id: m.killed_by for m in fast.mutants}
     assert all(first[m.id] == ["clip_bounds"] for m in twice)
-    assert any(m.killed_by == ["clip_checks"] for m in fast.mutants)   # a later catch is still found
+    assert any(m.killed_by == ["clip_checks"] for m in fast.mutants)  # a later catch is still found
 
 
 def test_fixtures_are_run_and_a_missed_wrong_fixture_is_reported(tmp_path):
@@ -134,12 +151,15 @@ def test_fixtures_are_run_and_a_missed_wrong_fixture_is_reported(tmp_path):
     fixtures.mkdir()
     (fixtures / "upper_bound_ignored.py").write_text(
         '"""Forgets the upper bound."""\nREPLACES = "clip"\nEXPECTED_FAILURES = {"clip_weak"}\n\n'
-        "def clip(x, lo=0, hi=10):\n    return max(lo, x)\n")
+        "def clip(x, lo=0, hi=10):\n    return max(lo, x)\n"
+    )
     (fixtures / "correct_branches.py").write_text(
         '"""Branches instead of min and max."""\nREPLACES = "clip"\nEXPECTED_FAILURES = set()\n\n'
-        "def clip(x, lo=0, hi=10):\n    return lo if x < lo else hi if x > hi else x\n")
-    report = audit_assignment("toy", solutions=solutions, fixtures=fixtures, functions=["clip"], max_mutants=3,
-                              jobs=1, timeout=30)
+        "def clip(x, lo=0, hi=10):\n    return lo if x < lo else hi if x > hi else x\n"
+    )
+    report = audit_assignment(
+        "toy", solutions=solutions, fixtures=fixtures, functions=["clip"], max_mutants=3, jobs=1, timeout=30
+    )
     status = {f.id: f.status for f in report.fixtures}
     assert status == {"upper_bound_ignored": "survived", "correct_branches": "correct, passes"}
     assert len(report.mutants) == 3
@@ -155,8 +175,10 @@ def test_a_mutant_that_never_ends_is_stopped_by_the_time_limit(tmp_path):
 def test_the_command_line_exit_status_and_json(tmp_path, capsys):
     solutions = write_assignment(tmp_path, {"clip_weak": WEAK_TEST})
     out = tmp_path / "report.json"
-    assert main(["audit", "toy", "--solutions", str(solutions), "--max-mutants", "4", "--jobs", "1",
-                 "--json", str(out)]) == 1
+    assert (
+        main(["audit", "toy", "--solutions", str(solutions), "--max-mutants", "4", "--jobs", "1", "--json", str(out)])
+        == 1
+    )
     assert "unexplained survivor" in capsys.readouterr().out
     assert len(json.loads(out.read_text())["mutants"]) == 4
     assert main(["audit", "nothing", "--solutions", str(solutions)]) == 2
@@ -164,9 +186,14 @@ def test_the_command_line_exit_status_and_json(tmp_path, capsys):
     assert main(["audit", "toy", "--solutions", str(solutions), "--functions", "nope"]) == 2
 
 
-@pytest.mark.parametrize("text, problem", [("[[equivalent]]\nid = 'x'\n", "has no reason"),
-                                           ("[[equivalent]]\nreason = 'same'\n", "has no id"),
-                                           ("equivalent = [", "not valid TOML")])
+@pytest.mark.parametrize(
+    "text, problem",
+    [
+        ("[[equivalent]]\nid = 'x'\n", "has no reason"),
+        ("[[equivalent]]\nreason = 'same'\n", "has no id"),
+        ("equivalent = [", "not valid TOML"),
+    ],
+)
 def test_a_broken_equivalents_file_is_an_error(tmp_path, text, problem):
     solutions = write_assignment(tmp_path, {"clip_weak": WEAK_TEST})
     listed = tmp_path / "tests" / "fixtures" / "toy" / "audit_equivalent.toml"

@@ -1,4 +1,5 @@
 """The benchmarks run (quick mode) and report what they promise; their speed is not asserted here."""
+
 import math
 
 import pytest

@@ -4,6 +4,7 @@ The build test runs the same command as ``make book`` (``jupyter-book build . -W
 after ``npm ci`` and the model-cache warm-up), reusing the execution cache: any Sphinx warning,
 broken reference or failing cell fails it. tests/test_site.py checks the built pages in a browser.
 """
+
 from __future__ import annotations
 
 import re
@@ -13,7 +14,6 @@ from pathlib import Path
 import nbformat
 import pytest
 import yaml
-
 from conftest import BOOK_GROUP, ROOT, BookBuild
 
 CHAPTERS = 10
@@ -77,7 +77,11 @@ def test_toc_has_appendices():
 def test_every_chapter_file_is_in_toc():
     listed = set(toc_files())
     # book/_ext and book/_assets hold no pages.
-    pages = [p for p in (ROOT / "book").rglob("*") if p.suffix in {".ipynb", ".md"} and not p.relative_to(ROOT).parts[1].startswith("_")]
+    pages = [
+        p
+        for p in (ROOT / "book").rglob("*")
+        if p.suffix in {".ipynb", ".md"} and not p.relative_to(ROOT).parts[1].startswith("_")
+    ]
     missing = [str(p.relative_to(ROOT)) for p in pages if str(p.relative_to(ROOT).with_suffix("")) not in listed]
     assert not missing, f"pages under book/ missing from _toc.yml (Sphinx warns, so the -W build fails): {missing}"
 
@@ -86,7 +90,8 @@ def test_every_chapter_file_is_in_toc():
 def test_notebook_stored_without_outputs(path):
     notebook = nbformat.read(path, as_version=4)
     stored = [
-        i for i, cell in enumerate(notebook.cells)
+        i
+        for i, cell in enumerate(notebook.cells)
         if cell.cell_type == "code" and (cell.get("outputs") or cell.get("execution_count") is not None)
     ]
     assert not stored, (
@@ -158,7 +163,11 @@ class _Assets(HTMLParser):
         attributes = dict(attrs)
         if tag in {"script", "img", "iframe", "source"} and attributes.get("src"):
             self.urls.append(attributes["src"])
-        elif tag == "link" and attributes.get("href") and attributes.get("rel") in {"stylesheet", "preload", "icon", "modulepreload"}:
+        elif (
+            tag == "link"
+            and attributes.get("href")
+            and attributes.get("rel") in {"stylesheet", "preload", "icon", "modulepreload"}
+        ):
             self.urls.append(attributes["href"])
 
 
@@ -182,8 +191,9 @@ def test_pages_load_nothing_from_other_hosts(book_build: BookBuild):
 
 @pytest.mark.xdist_group(BOOK_GROUP)
 @pytest.mark.slow
-@pytest.mark.parametrize("chapter", ["04_fully_convolutional", "05_dilated_convolution", "07_encoder_decoder",
-                                     "08_putting_it_together"])
+@pytest.mark.parametrize(
+    "chapter", ["04_fully_convolutional", "05_dilated_convolution", "07_encoder_decoder", "08_putting_it_together"]
+)
 def test_glued_verdicts_follow_the_glued_numbers(book_build: BookBuild, chapter, tmp_path):
     """No sentence claims an improvement (or a difference) that the numbers glued beside it contradict.
 

@@ -11,6 +11,7 @@ A chapter's markdown may hold a number only where it is not a claim the build co
 - part of a name: digits attached to letters ("VGG16", "FCN-32s", "fc6");
 - in the small allow-list below.
 """
+
 from __future__ import annotations
 
 import re
@@ -25,14 +26,14 @@ BOOK = ROOT / "book"
 # Chapters this test does not check YET: their prose still holds typed numbers and they are being reworked
 # by other issues' owners. The coordinator shrinks this list; an entry must name a chapter that exists.
 NOT_CHECKED_YET = {
-    "07_encoder_decoder",        # owned by issue #16's helper
-    "08_putting_it_together",    # owned by issue #16's helper
+    "07_encoder_decoder",  # owned by issue #16's helper
+    "08_putting_it_together",  # owned by issue #16's helper
 }
 
 # Typed numbers that are not measurements; each entry is a regular expression matched against the prose.
 ALLOWED = [
-    r"\b([1-7])×\1\b",           # a layer's kernel shape as its name: "1×1 convolution", "3×3", "2×2 pooling"
-    r"\b[1-3]-D\b",               # a dimension as a name: "1-D convolution"
+    r"\b([1-7])×\1\b",  # a layer's kernel shape as its name: "1×1 convolution", "3×3", "2×2 pooling"
+    r"\b[1-3]-D\b",  # a dimension as a name: "1-D convolution"
 ]
 
 GLUE = re.compile(r"\{glue(?::\w+)?\}`[^`]*`")
@@ -46,8 +47,10 @@ DIRECTIVE_OPTION = re.compile(r"^:\w[\w-]*:.*$", re.M)
 LINK_TARGET = re.compile(r"\]\([^)]*\)")
 HTML_TAG = re.compile(r"<[^>]+>")
 CHAPTER_HEADING = re.compile(r"^# \d+\.", re.M)
-PAPER_PART = re.compile(r"\b(?:[Cc]hapters?|[Ii]dea|[Ss]ections?|[Tt]ables?|[Ff]igures?|[Ee]quations?|[Pp]roblems?|"
-                        r"[Ss]teps?|[Ii]ssue) \d+(?:\.\d+)*(?:(?:,| and| or| to) \d+(?:\.\d+)*)*")
+PAPER_PART = re.compile(
+    r"\b(?:[Cc]hapters?|[Ii]dea|[Ss]ections?|[Tt]ables?|[Ff]igures?|[Ee]quations?|[Pp]roblems?|"
+    r"[Ss]teps?|[Ii]ssue) \d+(?:\.\d+)*(?:(?:,| and| or| to) \d+(?:\.\d+)*)*"
+)
 YEAR = re.compile(r"\b(?:19|20)\d\d\b")
 NUMBER = re.compile(r"(?<![\w.\-])[-−]?\d+(?:[.,]\d+)*(?![\w])")
 
@@ -84,28 +87,36 @@ def test_not_checked_yet_names_existing_chapters():
 @pytest.mark.parametrize("path", [p for p in chapters() if p.stem not in NOT_CHECKED_YET], ids=lambda p: p.stem)
 def test_chapter_prose_types_no_number(path: Path):
     notebook = nbformat.read(path, as_version=4)
-    found = [(index, number, cell.source) for index, cell in enumerate(notebook.cells)
-             if cell.cell_type == "markdown" for number in prose_numbers(cell.source)]
-    report = "\n".join(f"cell {i}: {number!r} in: {next(l for l in src.splitlines() if number in l)[:110]}"
-                       for i, number, src in found)
+    found = [
+        (index, number, cell.source)
+        for index, cell in enumerate(notebook.cells)
+        if cell.cell_type == "markdown"
+        for number in prose_numbers(cell.source)
+    ]
+    report = "\n".join(
+        f"cell {i}: {number!r} in: {next(l for l in src.splitlines() if number in l)[:110]}" for i, number, src in found
+    )
     assert not found, f"{path.name}: numbers typed into the prose (glue them or cite them in the data table):\n{report}"
 
 
-@pytest.mark.parametrize("markdown, expected", [
-    ("The model reaches 93.5% accuracy.", ["93.5"]),                      # a typed measurement
-    ("It takes 12 ms, that is 3 times faster.", ["12", "3"]),
-    ("A $33$ pixel window.", ["33"]),                                     # math holding only a number
-    ("The loss is {glue:text}`ch_loss:.2f` after {glue:text}`ch_epochs` epochs.", []),
-    ("Output $H_\\text{out} = (H - 1)s - 2p + k$ rows.", []),           # a formula
-    ("$$\nH = \\lfloor (H + 2p - k)/s \\rfloor + 1\n$$", []),
-    ("FCN {cite}`Long2015` (CVPR 2015) uses VGG16, `conv1_1` and FCN-8s.", []),
-    ("A 3×3 convolution after a 2×2 pooling, in 1-D.", []),
-    ("A 5×7 window.", ["5", "7"]),
-    ("Section 3.2 of the paper; chapter 4; Table 2.", []),
-    ("```python\nx = torch.rand(2, 3)\n```\nDone.", []),
-    ("(ch6-masks)=\n## Label masks", []),
-    ("# 6. Downsampling and upsampling", []),
-    ("Resize by 4 and compare 1,112 images.", ["4", "1,112"]),
-])
+@pytest.mark.parametrize(
+    "markdown, expected",
+    [
+        ("The model reaches 93.5% accuracy.", ["93.5"]),  # a typed measurement
+        ("It takes 12 ms, that is 3 times faster.", ["12", "3"]),
+        ("A $33$ pixel window.", ["33"]),  # math holding only a number
+        ("The loss is {glue:text}`ch_loss:.2f` after {glue:text}`ch_epochs` epochs.", []),
+        ("Output $H_\\text{out} = (H - 1)s - 2p + k$ rows.", []),  # a formula
+        ("$$\nH = \\lfloor (H + 2p - k)/s \\rfloor + 1\n$$", []),
+        ("FCN {cite}`Long2015` (CVPR 2015) uses VGG16, `conv1_1` and FCN-8s.", []),
+        ("A 3×3 convolution after a 2×2 pooling, in 1-D.", []),
+        ("A 5×7 window.", ["5", "7"]),
+        ("Section 3.2 of the paper; chapter 4; Table 2.", []),
+        ("```python\nx = torch.rand(2, 3)\n```\nDone.", []),
+        ("(ch6-masks)=\n## Label masks", []),
+        ("# 6. Downsampling and upsampling", []),
+        ("Resize by 4 and compare 1,112 images.", ["4", "1,112"]),
+    ],
+)
 def test_prose_numbers_finds_typed_numbers_only(markdown, expected):
     assert prose_numbers(markdown) == expected

@@ -1,5 +1,6 @@
 """Tests of the hidden tests' checks in segutils.testing: each passes a right function and fails a wrong one
 with a message in the student's terms. References are built-ins (F.conv2d, torch.bincount) or written here."""
+
 from __future__ import annotations
 
 import pytest
@@ -40,8 +41,10 @@ def test_layout_variants_hold_the_same_values_in_other_layouts():
 
 
 def test_check_values_passes_a_right_function_over_every_case_and_layout():
-    cases = [Case(torch.randn(1, 2, 5, 5), torch.randn(3, 2, 3, 3), padding=1),
-             (torch.randn(2, 1, 4, 6), torch.randn(2, 1, 1, 3))]
+    cases = [
+        Case(torch.randn(1, 2, 5, 5), torch.randn(3, 2, 3, 3), padding=1),
+        (torch.randn(2, 1, 4, 6), torch.randn(2, 1, 1, 3)),
+    ]
     calls = []
 
     def conv(x, w, padding=0):
@@ -58,15 +61,23 @@ def test_check_values_fails_a_function_that_assumes_contiguous_memory():
 
 
 def test_check_values_fails_wrong_values_and_names_the_call():
-    with pytest.raises(AssertionError, match=r"conv\(a float32 tensor of shape \(1, 2, 5, 5\).*padding=1.*"
-                                             r"does not match"):
-        testing.check_values(lambda x, w, padding: F.conv2d(x, w, padding=padding) + 1e-3, F.conv2d,
-                             [Case(torch.randn(1, 2, 5, 5), torch.randn(3, 2, 3, 3), padding=1)], name="conv")
+    with pytest.raises(
+        AssertionError,
+        match=r"conv\(a float32 tensor of shape \(1, 2, 5, 5\).*padding=1.*"
+        r"does not match",
+    ):
+        testing.check_values(
+            lambda x, w, padding: F.conv2d(x, w, padding=padding) + 1e-3,
+            F.conv2d,
+            [Case(torch.randn(1, 2, 5, 5), torch.randn(3, 2, 3, 3), padding=1)],
+            name="conv",
+        )
 
 
 def test_check_values_reports_an_exception_of_the_function():
     def fails(x):
         raise ValueError("size must be an int")
+
     with pytest.raises(AssertionError, match="but it raised ValueError: size must be an int"):
         testing.check_values(fails, lambda x: x, [torch.randn(1, 1, 2, 2)])
 
@@ -74,6 +85,7 @@ def test_check_values_reports_an_exception_of_the_function():
 def test_check_values_fails_a_function_that_changes_its_input():
     def doubles_in_place(x):
         return x.mul_(2)
+
     with pytest.raises(AssertionError, match="changed its argument 0 in place"):
         testing.check_values(doubles_in_place, lambda x: x * 2, [torch.randn(1, 1, 2, 2)])
 
@@ -81,8 +93,7 @@ def test_check_values_fails_a_function_that_changes_its_input():
 def test_check_values_compares_tuples_of_outputs():
     testing.check_values(lambda x: (x.max(), x.argmax()), lambda x: (x.max(), x.argmax()), [torch.randn(7)])
     with pytest.raises(AssertionError, match="output 1"):
-        testing.check_values(lambda x: (x.max(), x.argmin()), lambda x: (x.max(), x.argmax()),
-                             [torch.arange(7.0)])
+        testing.check_values(lambda x: (x.max(), x.argmin()), lambda x: (x.max(), x.argmax()), [torch.arange(7.0)])
 
 
 def test_check_values_needs_cases():
@@ -132,7 +143,7 @@ def test_check_gradients_needs_a_floating_point_argument():
 def _checked_sqrt(x):
     if x < 0:
         raise ValueError(f"x must be non-negative, got {x}")
-    return x ** 0.5
+    return x**0.5
 
 
 def test_check_raises_passes_a_function_that_raises_with_a_message():
@@ -140,11 +151,14 @@ def test_check_raises_passes_a_function_that_raises_with_a_message():
     assert isinstance(error, ValueError)
 
 
-@pytest.mark.parametrize("fn, expected", [
-    (lambda x: x, "but <lambda> returned"),
-    (lambda x: [][x], "got IndexError"),
-    (lambda x: (_ for _ in ()).throw(ValueError()), "empty message"),
-])
+@pytest.mark.parametrize(
+    "fn, expected",
+    [
+        (lambda x: x, "but <lambda> returned"),
+        (lambda x: [][x], "got IndexError"),
+        (lambda x: (_ for _ in ()).throw(ValueError()), "empty message"),
+    ],
+)
 def test_check_raises_fails_a_function_that_does_not_raise_the_documented_error(fn, expected):
     with pytest.raises(AssertionError, match=expected):
         testing.check_raises(fn, (1,), "a bad x")
@@ -168,11 +182,14 @@ def test_fake_cuda_runs_value_dependent_code_and_returns_the_values():
     assert torch.equal(masked, torch.tensor([1.0]))
 
 
-@pytest.mark.parametrize("fn, expected", [
-    (confusion_matrix_on_cpu, "returned a tensor on cpu"),
-    (lambda p, t, k: confusion_matrix(p, t, k) + torch.zeros(k, k, dtype=torch.long), "met tensors on the inputs"),
-    (lambda p, t, k: torch.from_numpy(p.numpy()), r"called \.numpy\(\) on a GPU tensor"),
-])
+@pytest.mark.parametrize(
+    "fn, expected",
+    [
+        (confusion_matrix_on_cpu, "returned a tensor on cpu"),
+        (lambda p, t, k: confusion_matrix(p, t, k) + torch.zeros(k, k, dtype=torch.long), "met tensors on the inputs"),
+        (lambda p, t, k: torch.from_numpy(p.numpy()), r"called \.numpy\(\) on a GPU tensor"),
+    ],
+)
 def test_fake_cuda_catches_a_hard_coded_cpu_without_a_gpu(fn, expected):
     with pytest.raises(AssertionError, match=expected):
         testing.run_on_fake_cuda(fn, torch.randint(0, 3, (2, 4, 4)), torch.randint(0, 3, (2, 4, 4)), 3)
@@ -200,8 +217,11 @@ def test_fake_cuda_converts_modules_inside_the_function_and_refuses_backward_pas
     with pytest.raises(testing.FakeCudaUnsupported, match="backward"):
         testing.run_on_fake_cuda(lambda t: (t * 2).sum().backward(), torch.randn(3, requires_grad=True))
     with pytest.raises(testing.FakeCudaUnsupported):  # the author's limit, not the student's mistake
-        testing.check_devices_and_dtypes(lambda t: torch.autograd.grad((t * t).sum(), t)[0],
-                                         lambda dt: (torch.randn(3, dtype=dt, requires_grad=True),), meta=False)
+        testing.check_devices_and_dtypes(
+            lambda t: torch.autograd.grad((t * t).sum(), t)[0],
+            lambda dt: (torch.randn(3, dtype=dt, requires_grad=True),),
+            meta=False,
+        )
 
 
 def _nails(x, s):
@@ -217,8 +237,12 @@ def _nails_reference(x, s):
 
 
 def test_check_devices_and_dtypes_passes_a_right_function_and_reports_where_it_ran():
-    report = testing.check_devices_and_dtypes(_nails, lambda dt: (torch.randn(2, 3, 4, 5, dtype=dt), 2),
-                                              reference=_nails_reference, expected_shape=(2, 3, 8, 10))
+    report = testing.check_devices_and_dtypes(
+        _nails,
+        lambda dt: (torch.randn(2, 3, 4, 5, dtype=dt), 2),
+        reference=_nails_reference,
+        expected_shape=(2, 3, 8, 10),
+    )
     assert "meta float32: ran" in report and "simulated cuda float64: ran, values compared" in report
     assert "cpu float32: ran, values compared" in report
     if not torch.cuda.is_available():
@@ -259,10 +283,13 @@ def test_check_no_builtin_passes_elementary_code_and_returns_the_output():
     assert torch.equal(out, x * 2)
 
 
-@pytest.mark.parametrize("fn, expected", [
-    (lambda t: F.conv2d(t, torch.ones(2, 1, 1, 1), groups=2), "forbidden operation aten.convolution"),
-    (_ConvInBackward.apply, "forbidden operation aten.convolution"),
-])
+@pytest.mark.parametrize(
+    "fn, expected",
+    [
+        (lambda t: F.conv2d(t, torch.ones(2, 1, 1, 1), groups=2), "forbidden operation aten.convolution"),
+        (_ConvInBackward.apply, "forbidden operation aten.convolution"),
+    ],
+)
 def test_check_no_builtin_fails_a_builtin_forward_or_backward(fn, expected):
     with pytest.raises(AssertionError, match=expected):
         testing.check_no_builtin(fn, testing.CONVOLUTION_OPS, torch.randn(1, 2, 3, 3, requires_grad=True))
@@ -275,5 +302,6 @@ def test_check_no_builtin_fails_delegation_to_the_course_package():
         return metrics.confusion_matrix(pred, target, 3)
 
     with pytest.raises(AssertionError, match="should do the work itself"):
-        testing.check_no_builtin(delegates, testing.CROSS_ENTROPY_OPS, torch.zeros(4, dtype=torch.long),
-                                 torch.zeros(4, dtype=torch.long))
+        testing.check_no_builtin(
+            delegates, testing.CROSS_ENTROPY_OPS, torch.zeros(4, dtype=torch.long), torch.zeros(4, dtype=torch.long)
+        )

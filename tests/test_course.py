@@ -3,6 +3,7 @@
 The checks of the addresses read the repository's files; the end-to-end checks change the setting in a
 temporary course (``segutils course init``) and look at what nbgrader and Jupyter Book produce from it.
 """
+
 from __future__ import annotations
 
 import json
@@ -21,8 +22,12 @@ import yaml
 from segutils import course
 
 REPO = Path(__file__).resolve().parents[1]
-OTHER = course.Identity(repository="https://git.example.edu/prof/seg-course", site="https://prof.example.edu/seg",
-                        name="Segmentation 101", term="Spring 2027")
+OTHER = course.Identity(
+    repository="https://git.example.edu/prof/seg-course",
+    site="https://prof.example.edu/seg",
+    name="Segmentation 101",
+    term="Spring 2027",
+)
 # Files allowed to hold hard-coded copies of the addresses while a conversion is under way (run `segutils course
 # apply` on them, then take them off): none now. A file listed after its conversion fails the test.
 NOT_YET_CONVERTED: set[str] = set()
@@ -36,8 +41,9 @@ def _env() -> dict[str, str]:
 
 
 def segutils(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "segutils", *args], cwd=cwd, env=_env(), capture_output=True,
-                          text=True, timeout=900)
+    return subprocess.run(
+        [sys.executable, "-m", "segutils", *args], cwd=cwd, env=_env(), capture_output=True, text=True, timeout=900
+    )
 
 
 def _tracked_text_files() -> list[Path]:
@@ -76,13 +82,16 @@ def test_no_copy_of_the_addresses_survives_outside_the_setting():
     assert course.hard_coded_copies(REPO, identity, [REPO / "course.toml"]) == {REPO / "course.toml": 2}
 
 
-@pytest.mark.parametrize("changes, message", [
-    ({"repository": "github.com/me/x"}, "course repository: expected an http(s) address"),
-    ({"site": "https://me.io/a b"}, "course site"),
-    ({"name": " "}, "course name: must not be empty"),
-    ({"term": 'a "b"'}, "course term"),
-    ({"branch": "a b"}, "is not a branch name"),
-])
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"repository": "github.com/me/x"}, "course repository: expected an http(s) address"),
+        ({"site": "https://me.io/a b"}, "course site"),
+        ({"name": " "}, "course name: must not be empty"),
+        ({"term": 'a "b"'}, "course term"),
+        ({"branch": "a b"}, "is not a branch name"),
+    ],
+)
 def test_a_bad_value_is_refused_with_its_name(changes, message):
     with pytest.raises(course.CourseError, match=re.escape(message)):
         course.with_changes(OTHER, **changes)
@@ -91,8 +100,9 @@ def test_a_bad_value_is_refused_with_its_name(changes, message):
 def test_a_broken_course_file_names_the_problem(tmp_path):
     with pytest.raises(course.CourseError, match="missing: run `segutils course init"):
         course.load(tmp_path)
-    (tmp_path / "course.toml").write_text('[course]\nrepository = "https://a.org/x"\nsite = "https://a.org"\n'
-                                          'name = "n"\nwebsite = "https://b.org"\n')
+    (tmp_path / "course.toml").write_text(
+        '[course]\nrepository = "https://a.org/x"\nsite = "https://a.org"\nname = "n"\nwebsite = "https://b.org"\n'
+    )
     with pytest.raises(course.CourseError, match=r"unknown keys \['website'\]"):
         course.load(tmp_path)
     course.save(tmp_path, OTHER)
@@ -113,11 +123,14 @@ def _notebook(cells: list[tuple[str, str]]) -> nbformat.NotebookNode:
 
 
 CHAPTER = [
-    ("markdown", f"Assignment [a1]({OTHER.repository}/blob/main/assignments/a1/a1.ipynb) and the\n"
-                 f"[site]({OTHER.site}/book/03.html#x), then bare {OTHER.repository}.\n"
-                 f"- On Colab:\n\n  ```\n  !pip install git+{OTHER.repository}\n  ```\n"),
+    (
+        "markdown",
+        f"Assignment [a1]({OTHER.repository}/blob/main/assignments/a1/a1.ipynb) and the\n"
+        f"[site]({OTHER.site}/book/03.html#x), then bare {OTHER.repository}.\n"
+        f"- On Colab:\n\n  ```\n  !pip install git+{OTHER.repository}\n  ```\n",
+    ),
     ("markdown", "Nothing to change: [torch](https://pytorch.org), {{ not_ours }}."),
-    ("code", f"# !pip install -q \"segutils @ git+{OTHER.repository}\"\nx = 1"),
+    ("code", f'# !pip install -q "segutils @ git+{OTHER.repository}"\nx = 1'),
 ]
 
 
@@ -132,13 +145,22 @@ def test_apply_on_a_chapter_makes_substitutions_that_render_to_the_same_links(tm
     assert OTHER.repository not in first and OTHER.site not in first
     # Everything but the sources of the cells that held a copy is unchanged (outputs keep theirs).
     for cell_before, cell_after in zip(before["cells"], after["cells"]):
-        assert {k: v for k, v in cell_before.items() if k != "source"} == \
-               {k: v for k, v in cell_after.items() if k != "source"}
+        assert {k: v for k, v in cell_before.items() if k != "source"} == {
+            k: v for k, v in cell_after.items() if k != "source"
+        }
     assert after["cells"][1] == before["cells"][1]
     assert "{{ repo_url }}" in "".join(after["cells"][2]["source"])  # code cells: plain tokens
     # The substitutions, rendered as MyST renders them (Jinja2 with the substitutions as variables).
-    rendered = re.sub(r"\{\{(.*?)\}\}", lambda m: jinja2.Environment(undefined=jinja2.StrictUndefined).from_string(
-        "{{" + m.group(1) + "}}").render(OTHER.tokens()), first, flags=re.S)
+    rendered = re.sub(
+        r"\{\{(.*?)\}\}",
+        lambda m: (
+            jinja2.Environment(undefined=jinja2.StrictUndefined)
+            .from_string("{{" + m.group(1) + "}}")
+            .render(OTHER.tokens())
+        ),
+        first,
+        flags=re.S,
+    )
     assert f"[a1]({OTHER.repository}/blob/main/assignments/a1/a1.ipynb)" in rendered
     assert f"[site]({OTHER.site}/book/03.html#x)" in rendered
     assert f"bare {OTHER.repository}." in rendered
@@ -205,18 +227,35 @@ def test_course_init_regenerates_the_config_and_the_releases(tmp_path):
     shutil.copy(REPO / "nbgrader_config.py", root)
     shutil.copy(REPO / "_config.yml", root)
     course.save(root, OTHER)
-    nb = _notebook([("markdown", f"Read [chapter 3]({OTHER.site}/book/03.html) of {{{{ course_name }}}}."),
-                    ("code", f"# !pip install \"segutils @ git+{OTHER.repository}\"\nimport math")])
+    nb = _notebook(
+        [
+            ("markdown", f"Read [chapter 3]({OTHER.site}/book/03.html) of {{{{ course_name }}}}."),
+            ("code", f'# !pip install "segutils @ git+{OTHER.repository}"\nimport math'),
+        ]
+    )
     source = root / "solutions" / "demo" / "demo.ipynb"
     source.parent.mkdir(parents=True)
     nbformat.write(nb, source)
     assert course.apply_paths([source], root, OTHER) == [source]
-    run = segutils("course", "init", "--repo", "https://example.org/b/repo", "--site", "https://b.example.org/book",
-                   "--name", "Vision B", cwd=root)
+    run = segutils(
+        "course",
+        "init",
+        "--repo",
+        "https://example.org/b/repo",
+        "--site",
+        "https://b.example.org/book",
+        "--name",
+        "Vision B",
+        cwd=root,
+    )
     assert run.returncode == 0, run.stdout + run.stderr
     identity = course.load(root)
     assert (identity.repository, identity.site, identity.name, identity.term) == (
-        "https://example.org/b/repo", "https://b.example.org/book", "Vision B", OTHER.term)
+        "https://example.org/b/repo",
+        "https://b.example.org/book",
+        "Vision B",
+        OTHER.term,
+    )
     assert course.config_problems(root / "_config.yml", identity) == []
     release = (root / "assignments" / "demo" / "demo.ipynb").read_text()
     assert "https://b.example.org/book/book/03.html" in release and "of Vision B." in release
@@ -235,17 +274,28 @@ def test_the_book_build_fills_the_links_from_the_setting(tmp_path):
     nbformat.write(nb, book / "book" / "ch.ipynb")
     course.apply_paths([book / "book" / "ch.ipynb"], book, OTHER)
     extensions = yaml.safe_load((REPO / "_config.yml").read_text())["parse"]["myst_enable_extensions"]
-    config = yaml.safe_dump({"title": "t", "execute": {"execute_notebooks": "off"},
-                             "parse": {"myst_enable_extensions": extensions}}, sort_keys=False)
+    config = yaml.safe_dump(
+        {"title": "t", "execute": {"execute_notebooks": "off"}, "parse": {"myst_enable_extensions": extensions}},
+        sort_keys=False,
+    )
     (book / "_config.yml").write_text(course.render_config(config, OTHER))
     (book / "_toc.yml").write_text("format: jb-book\nroot: book/ch\n")
-    build = subprocess.run([str(Path(sys.executable).parent / "jupyter-book"), "build", ".", "-W", "-n"], cwd=book,
-                           env=_env(), capture_output=True, text=True, timeout=900)
+    build = subprocess.run(
+        [str(Path(sys.executable).parent / "jupyter-book"), "build", ".", "-W", "-n"],
+        cwd=book,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert build.returncode == 0, build.stdout[-3000:] + build.stderr[-3000:]
     page = (book / "_build" / "html" / "book" / "ch.html").read_text()
     links = set(re.findall(r'href="(https://[^"]*example\.edu[^"]*)"', page))
-    assert links == {f"{OTHER.repository}/blob/main/assignments/a1/a1.ipynb", f"{OTHER.site}/book/03.html#x",
-                     OTHER.repository}
+    assert links == {
+        f"{OTHER.repository}/blob/main/assignments/a1/a1.ipynb",
+        f"{OTHER.site}/book/03.html#x",
+        OTHER.repository,
+    }
     assert f"!pip install git+{OTHER.repository}" in re.sub(r"<[^>]+>", "", page)  # words in <span>s
     assert "{{" not in page and "repo_url" not in page
 
@@ -265,8 +315,12 @@ def test_the_instructor_guides_commands_parse_with_the_real_command_line():
             if line.startswith("segutils "):
                 commands.append(shlex.split(line)[1:])
     wanted = {"course init", "grade --export", "grade --cell", "grade --release-feedback"}
-    seen = {" ".join(c[:2]) if c[0] == "course" else next((f"grade {a}" for a in c if a in
-            ("--export", "--cell", "--release-feedback")), "") for c in commands}
+    seen = {
+        " ".join(c[:2])
+        if c[0] == "course"
+        else next((f"grade {a}" for a in c if a in ("--export", "--cell", "--release-feedback")), "")
+        for c in commands
+    }
     assert wanted <= seen, f"the guide lacks {wanted - seen}"
     parser = build_parser()
     for command in commands:

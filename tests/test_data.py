@@ -1,4 +1,5 @@
 """segutils.data: ShapesDataset, palettes, joint transforms, optional VOC."""
+
 import hashlib
 import subprocess
 import sys
@@ -8,7 +9,6 @@ import pytest
 import torch
 from PIL import Image
 from torchvision import tv_tensors
-from torchvision.transforms import v2
 
 from segutils.data import (
     CLASSES,

@@ -4,6 +4,7 @@ A per-pixel classifier (1x1 receptive field) must stay near chance among the sha
 classes, while a small network with a large receptive field does far better on the
 same budget.
 """
+
 import functools
 
 import pytest

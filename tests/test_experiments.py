@@ -4,6 +4,7 @@ The models come from :func:`segutils.zoo.trained_model` with the chapters' argum
 tests read the code-keyed cache that the book build fills (and train, for minutes, when it is
 cold). They assert what the text states, with its margin.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -13,8 +14,8 @@ from pathlib import Path
 import nbformat
 import pytest
 import torch
-
 from glue_claims import contradictions
+
 from segutils.data import ShapesDataset
 from segutils.metrics import BoundaryFScore, ConfusionMatrix
 from segutils.models import sliding_window_logits, window_classifier
@@ -34,13 +35,13 @@ def _test_split(n: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
 @pytest.mark.slow
 def test_window_cnn_segments_and_its_sliding_window_gives_the_same_logits():
     torch.set_num_threads(2)
-    model, _ = trained_model("patch_cnn", progress=False)          # chapter 4's call
+    model, _ = trained_model("patch_cnn", progress=False)  # chapter 4's call
     images, masks = _test_split()
     trained, background = ConfusionMatrix(5), ConfusionMatrix(5)
     with torch.no_grad():
         for i in range(0, len(images), 64):
-            trained.update(model(images[i:i + 64]), masks[i:i + 64])
-            background.update(torch.zeros_like(masks[i:i + 64]), masks[i:i + 64])
+            trained.update(model(images[i : i + 64]), masks[i : i + 64])
+            background.update(torch.zeros_like(masks[i : i + 64]), masks[i : i + 64])
     gain = trained.compute()["mean_iou"].item() - background.compute()["mean_iou"].item()
     assert gain > WINDOW_MARGIN, f"window CNN beats all-background by only {gain:.3f} mIoU"
     assert window_classifier(model).patch_size == 31
@@ -70,11 +71,16 @@ def _chapter_7_runs() -> dict[tuple[str, int], tuple[torch.nn.Module, TrainingCo
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "issue #16, open: at the chapter's cheap settings (32x32 images, 384 training images, outline waves of 2.5 px, "
-    "trained to a plateau) FCN-2s does not beat FCN-8s in boundary F beyond the seed spread; the encoders are too "
-    "weak (validation mIoU about 0.25) for skips to correct edges. Strict: passes (and so fails) once the "
-    "experiment shows the effect, and the marker must go."))
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason=(
+        "issue #16, open: at the chapter's cheap settings (32x32 images, 384 training images, outline waves of 2.5 px, "
+        "trained to a plateau) FCN-2s does not beat FCN-8s in boundary F beyond the seed spread; the encoders are too "
+        "weak (validation mIoU about 0.25) for skips to correct edges. Strict: passes (and so fails) once the "
+        "experiment shows the effect, and the marker must go."
+    ),
+)
 def test_chapter_7_skips_place_wavy_edges_better_beyond_the_seed_spread():
     """Chapter 7's central experiment, recomputed from the models its own calls train (cached by the build).
 
@@ -94,7 +100,7 @@ def test_chapter_7_skips_place_wavy_edges_better_beyond_the_seed_spread():
     boundary = {}
     for (label, seed), (model, _) in runs.items():
         with torch.no_grad():
-            found = torch.cat([model(images[i:i + 64]).argmax(1) != 0 for i in range(0, len(images), 64)])
+            found = torch.cat([model(images[i : i + 64]).argmax(1) != 0 for i in range(0, len(images), 64)])
         metric = BoundaryFScore(2, tolerance=1)
         metric.update(found.long(), objects.long())
         boundary[label, seed] = metric.compute()["f_per_class"][1].item()
@@ -106,9 +112,14 @@ def test_chapter_7_skips_place_wavy_edges_better_beyond_the_seed_spread():
 
 def _notebook_with(glued: dict[str, object]) -> nbformat.NotebookNode:
     cell = nbformat.v4.new_code_cell("")
-    cell.outputs = [nbformat.v4.new_output("display_data", data={"application/papermill.record/text/plain": repr(v)},
-                                           metadata={"scrapbook": {"name": k, "mime_prefix": "application/papermill.record/"}})
-                    for k, v in glued.items()]
+    cell.outputs = [
+        nbformat.v4.new_output(
+            "display_data",
+            data={"application/papermill.record/text/plain": repr(v)},
+            metadata={"scrapbook": {"name": k, "mime_prefix": "application/papermill.record/"}},
+        )
+        for k, v in glued.items()
+    ]
     notebook = nbformat.v4.new_notebook()
     notebook.cells = [cell]
     return notebook
@@ -117,24 +128,51 @@ def _notebook_with(glued: dict[str, object]) -> nbformat.NotebookNode:
 def test_glue_claims_catches_a_sentence_its_numbers_contradict(tmp_path):
     """Positive and negative controls for the built-book check of tests/test_book.py."""
     path = tmp_path / "ch4.ipynb"
-    nbformat.write(_notebook_with({"patch_verdict": "far above", "patch_gain": 0.35,
-                                   "plain_verdict": "barely above", "plain_gain": 0.02}), path)
+    nbformat.write(
+        _notebook_with(
+            {"patch_verdict": "far above", "patch_gain": 0.35, "plain_verdict": "barely above", "plain_gain": 0.02}
+        ),
+        path,
+    )
     assert contradictions("04_fully_convolutional", path) == []
-    nbformat.write(_notebook_with({"patch_verdict": "far above", "patch_gain": 0.0,
-                                   "plain_verdict": "barely above", "plain_gain": 0.02}), path)
+    nbformat.write(
+        _notebook_with(
+            {"patch_verdict": "far above", "patch_gain": 0.0, "plain_verdict": "barely above", "plain_gain": 0.02}
+        ),
+        path,
+    )
     assert len(contradictions("04_fully_convolutional", path)) == 1
     values = {"ch7_at_cap": 0, "ch7_plateau_words": "every run stopped at a plateau before the cap"}
-    for what, column in [("miou", "mIoU"), ("edge", "edge_mIoU"), ("bf", "object_boundary_F"), ("shape", "shape_accuracy")]:
-        values |= {f"ch7_skip_{what}_words": "raise it", f"ch7_skip_diff_{column}": 0.03, f"ch7_skip_spread_{column}": 0.01}
-    for pair, words, diff in [("skip1", "higher than", 0.05), ("skip2", "no different, beyond", 0.0),
-                              ("unet", "lower than", -0.05)]:
+    for what, column in [
+        ("miou", "mIoU"),
+        ("edge", "edge_mIoU"),
+        ("bf", "object_boundary_F"),
+        ("shape", "shape_accuracy"),
+    ]:
+        values |= {
+            f"ch7_skip_{what}_words": "raise it",
+            f"ch7_skip_diff_{column}": 0.03,
+            f"ch7_skip_spread_{column}": 0.01,
+        }
+    for pair, words, diff in [
+        ("skip1", "higher than", 0.05),
+        ("skip2", "no different, beyond", 0.0),
+        ("unet", "lower than", -0.05),
+    ]:
         for what, column in [("bf", "object_boundary_F"), ("edge", "edge_mIoU"), ("miou", "mIoU")]:
-            values |= {f"ch7_{pair}_{what}_words": words, f"ch7_{pair}_diff_{column}": diff,
-                       f"ch7_{pair}_spread_{column}": 0.02}
-    values |= {"ch7_object_iou": 0.8, "ch7_class_miou": 0.6,
-               "ch7_find_vs_name": "better than", "ch7_chance_words": "smaller than the difference",
-               "ch7_skip_class_effect": "here they even help to name the shape",
-               "ch7_dominance_words": "that decision, not the placement of edges, dominates the errors"}
+            values |= {
+                f"ch7_{pair}_{what}_words": words,
+                f"ch7_{pair}_diff_{column}": diff,
+                f"ch7_{pair}_spread_{column}": 0.02,
+            }
+    values |= {
+        "ch7_object_iou": 0.8,
+        "ch7_class_miou": 0.6,
+        "ch7_find_vs_name": "better than",
+        "ch7_chance_words": "smaller than the difference",
+        "ch7_skip_class_effect": "here they even help to name the shape",
+        "ch7_dominance_words": "that decision, not the placement of edges, dominates the errors",
+    }
     path = tmp_path / "ch7.ipynb"
     nbformat.write(_notebook_with(values), path)
     assert contradictions("07_encoder_decoder", path) == []
@@ -158,17 +196,26 @@ def test_warm_models_finds_the_calls_of_a_config_assigned_in_an_earlier_cell():
     spec = importlib.util.spec_from_file_location("warm_models", BOOK / "_ext" / "warm_models.py")
     warm = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(warm)
-    source = ("for seed in (0, 1):\n"
-              "    study = TrainingConfig(epochs=3, seed=seed)\n"
-              "    trained_model('fcn', study, skips=2)\n"
-              "trained_model('unet', earlier)\n"
-              "trained_model('unet', unknown)\n")
+    source = (
+        "for seed in (0, 1):\n"
+        "    study = TrainingConfig(epochs=3, seed=seed)\n"
+        "    trained_model('fcn', study, skips=2)\n"
+        "trained_model('unet', earlier)\n"
+        "trained_model('unet', unknown)\n"
+    )
     calls = warm.literal_calls(source, warm.config_assignments("earlier = TrainingConfig(image_size=32)"))
-    assert sorted(map(repr, calls)) == sorted(map(repr, [("fcn", {"skips": 2, "__config__": {"epochs": 3, "seed": 0}}),
-                                                         ("fcn", {"skips": 2, "__config__": {"epochs": 3, "seed": 1}}),
-                                                         ("unet", {"__config__": {"image_size": 32}})]))
-    assert warm.literal_calls("trained_model('unet', earlier)") == []            # not assigned: left to its cell
+    assert sorted(map(repr, calls)) == sorted(
+        map(
+            repr,
+            [
+                ("fcn", {"skips": 2, "__config__": {"epochs": 3, "seed": 0}}),
+                ("fcn", {"skips": 2, "__config__": {"epochs": 3, "seed": 1}}),
+                ("unet", {"__config__": {"image_size": 32}}),
+            ],
+        )
+    )
+    assert warm.literal_calls("trained_model('unet', earlier)") == []  # not assigned: left to its cell
     twice = "c = TrainingConfig(seed=1)\nc = TrainingConfig(seed=2)\ntrained_model('unet', c)\n"
-    assert warm.literal_calls(twice) == []                                       # ambiguous: left to its cell
+    assert warm.literal_calls(twice) == []  # ambiguous: left to its cell
     found = warm.book_models([BOOK / "07_encoder_decoder.ipynb", BOOK / "08_putting_it_together.ipynb"])
     assert len({(name, repr(sorted(kw.items()))) for name, kw in found}) >= 12

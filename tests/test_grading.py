@@ -3,15 +3,16 @@
 The end-to-end batches are in ``tests/test_grading_batch.py`` (sandboxed, hostile submissions),
 ``tests/test_grading_cluster.py`` (Dask + PostgreSQL) and ``tests/test_grading_benchmark.py``.
 """
+
 from __future__ import annotations
 
 import io
 import json
-from html import escape as html_escape
 import stat
 import sys
 import zipfile
 from dataclasses import replace
+from html import escape as html_escape
 from pathlib import Path
 
 import nbformat
@@ -25,10 +26,16 @@ FIXTURES = Path(__file__).resolve().parent / "fixtures" / "grading"
 sys.path.insert(0, str(FIXTURES))
 import cases  # noqa: E402
 
-RELEASE_JSON = json.dumps(nbformat.v4.new_notebook(cells=[
-    nbformat.v4.new_code_cell("x = 1", metadata={"nbgrader": {"grade_id": "square", "solution": True,
-                                                              "grade": False, "locked": False}}),
-]))
+RELEASE_JSON = json.dumps(
+    nbformat.v4.new_notebook(
+        cells=[
+            nbformat.v4.new_code_cell(
+                "x = 1",
+                metadata={"nbgrader": {"grade_id": "square", "solution": True, "grade": False, "locked": False}},
+            ),
+        ]
+    )
+)
 
 
 def _zip(members: dict[str, bytes], links: dict[str, str] | None = None) -> bytes:
@@ -49,10 +56,15 @@ def test_flat_folder_is_imported_into_nbgraders_layout(tmp_path):
     source.mkdir()
     (source / "alice.ipynb").write_bytes(b"alice's notebook")
     (source / "alice.timestamp.txt").write_bytes(b"2024-03-01 12:30:00.000000 UTC")
-    (source / "bob.zip").write_bytes(_zip({"bob/answers.ipynb": b"bob's", "bob/data.csv": b"1,2",
-                                           "bob/timestamp.txt": b"2024-03-02 08:00:00 UTC"}))
-    (source / "carol.zip").write_bytes(_zip({"mini.ipynb": b"carol's", "../../escaped.txt": b"x",
-                                             "/tmp/segutils_abs_escape.txt": b"x"}, links={"link": "/etc/passwd"}))
+    (source / "bob.zip").write_bytes(
+        _zip({"bob/answers.ipynb": b"bob's", "bob/data.csv": b"1,2", "bob/timestamp.txt": b"2024-03-02 08:00:00 UTC"})
+    )
+    (source / "carol.zip").write_bytes(
+        _zip(
+            {"mini.ipynb": b"carol's", "../../escaped.txt": b"x", "/tmp/segutils_abs_escape.txt": b"x"},
+            links={"link": "/etc/passwd"},
+        )
+    )
     (source / "notes.txt").write_bytes(b"not a submission")
     (source / "bad id!.ipynb").write_bytes(b"{}")
     got = importer.import_submissions(source, submitted, "mini", ["mini.ipynb"])
@@ -64,8 +76,9 @@ def test_flat_folder_is_imported_into_nbgraders_layout(tmp_path):
     assert read("bob", "mini", "mini.ipynb") == b"bob's"  # renamed, common folder stripped
     assert read("bob", "mini", "data.csv") == b"1,2"
     assert not (submitted / "bob" / "mini" / "timestamp.txt").exists()  # the student's own file: ignored
-    carol = sorted(p.relative_to(submitted / "carol" / "mini").as_posix()
-                   for p in (submitted / "carol" / "mini").rglob("*"))
+    carol = sorted(
+        p.relative_to(submitted / "carol" / "mini").as_posix() for p in (submitted / "carol" / "mini").rglob("*")
+    )
     assert carol == ["mini.ipynb"]
     assert not (tmp_path / "escaped.txt").exists() and not Path("/tmp/segutils_abs_escape.txt").exists()
     refusals = " ".join(got.notes["carol"])
@@ -160,9 +173,14 @@ def test_unsafe_relative_paths_are_refused(name):
 
 
 # -- what is accepted as a submission ----------------------------------------------------------------
-@pytest.mark.parametrize("data, reason", [
-    (b"", "empty file"), (b"def f(): pass", "not valid JSON"), (b'{"cells": 3}', "not a valid Jupyter notebook"),
-])
+@pytest.mark.parametrize(
+    "data, reason",
+    [
+        (b"", "empty file"),
+        (b"def f(): pass", "not valid JSON"),
+        (b'{"cells": 3}', "not a valid Jupyter notebook"),
+    ],
+)
 def test_unreadable_submissions_are_rejected_with_a_reason(tmp_path, data, reason):
     (tmp_path / "mini.ipynb").write_bytes(data)
     why, _ = check_submission(tmp_path, "mini.ipynb", RELEASE_JSON.encode(), "mini")
@@ -214,8 +232,10 @@ def test_a_notebook_of_fifty_thousand_cells_is_rejected_quickly(tmp_path):
     assert "31 cells, more than the 10" in why
 
 
-@pytest.mark.parametrize("text, depth", [(b"[]", 1), (b'{"a": "[[{{", "b": [[1], {"c": []}]}', 4), (b'"[["', 0),
-                                         (rb'["\\", [["x\\\"["]]]', 3)])
+@pytest.mark.parametrize(
+    "text, depth",
+    [(b"[]", 1), (b'{"a": "[[{{", "b": [[1], {"c": []}]}', 4), (b'"[["', 0), (rb'["\\", [["x\\\"["]]]', 3)],
+)
 def test_json_depth_counts_brackets_outside_strings(text, depth):
     from segutils.grading.runner import json_depth
 
@@ -248,12 +268,25 @@ def test_log_messages_are_formatted_while_the_gradebook_session_is_open(tmp_path
 
 # -- preprocessors --------------------------------------------------------------------------------------
 def test_redaction_keeps_the_message_and_drops_the_hidden_source():
-    source = ("assert f(3) == 9, 'visible'\n### BEGIN HIDDEN TESTS\nassert math.isclose(f(1.5), 2.25), 'f(1.5) wrong'\n"
-              "### END HIDDEN TESTS")
-    cell = nbformat.v4.new_code_cell(source, metadata={"nbgrader": {"grade": True, "grade_id": "t", "points": 1,
-                                                                    "locked": True, "solution": False}})
-    cell.outputs = [nbformat.v4.new_output("error", ename="AssertionError", evalue="f(1.5) wrong", traceback=[
-        "----", "\x1b[0;32m----> 3\x1b[0m assert math.isclose(f(1.5), 2.25), 'f(1.5) wrong'", "AssertionError: f(1.5) wrong"])]
+    source = (
+        "assert f(3) == 9, 'visible'\n### BEGIN HIDDEN TESTS\nassert math.isclose(f(1.5), 2.25), 'f(1.5) wrong'\n"
+        "### END HIDDEN TESTS"
+    )
+    cell = nbformat.v4.new_code_cell(
+        source, metadata={"nbgrader": {"grade": True, "grade_id": "t", "points": 1, "locked": True, "solution": False}}
+    )
+    cell.outputs = [
+        nbformat.v4.new_output(
+            "error",
+            ename="AssertionError",
+            evalue="f(1.5) wrong",
+            traceback=[
+                "----",
+                "\x1b[0;32m----> 3\x1b[0m assert math.isclose(f(1.5), 2.25), 'f(1.5) wrong'",
+                "AssertionError: f(1.5) wrong",
+            ],
+        )
+    ]
     off = RedactHiddenTests(enabled=False)
     assert "math.isclose" in json.dumps(off(nbformat.v4.new_notebook(cells=[cell.copy()]), {})[0])
     redacted, _ = RedactHiddenTests(enabled=True).preprocess_cell(cell, {}, 0)
@@ -266,10 +299,19 @@ def test_cell_plan_marks_tests_and_pins_the_locked_imports():
     nb = nbformat.read(FIXTURES / "mini_course" / "solutions" / "mini" / "mini.ipynb", as_version=4)
     plan, modules = cell_plan(nb)
     kinds = {entry["grade_id"]: entry["kind"] for entry in plan}
-    assert kinds == {"setup": "locked", "square": "code", "test_square": "graded", "test_square_float": "graded",
-                     "double": "code", "test_double": "graded"}
+    assert kinds == {
+        "setup": "locked",
+        "square": "code",
+        "test_square": "graded",
+        "test_square_float": "graded",
+        "double": "code",
+        "test_double": "graded",
+    }
     assert modules == ["math", "torch", "segutils"]
-    assert imports_of("%matplotlib inline\nimport numpy as np\nfrom a.b import c as d\n") == (["numpy", "a.b"], ["np", "d"])
+    assert imports_of("%matplotlib inline\nimport numpy as np\nfrom a.b import c as d\n") == (
+        ["numpy", "a.b"],
+        ["np", "d"],
+    )
 
 
 def test_untrusted_outputs_are_sanitized():
@@ -280,8 +322,10 @@ def test_untrusted_outputs_are_sanitized():
 
 
 # Fault 5 of #10: what a student can put in a notebook to run script in the feedback reader's browser.
-XSS_MARKDOWN = ("# Answer\n\n**bold** <b>kept</b> <script>window.pwned = 'markdown script'</script>\n\n"
-                "<img src=\"x\" onerror=\"window.pwned = 'markdown onerror'\"> [link](javascript:alert(1))\n")
+XSS_MARKDOWN = (
+    "# Answer\n\n**bold** <b>kept</b> <script>window.pwned = 'markdown script'</script>\n\n"
+    '<img src="x" onerror="window.pwned = \'markdown onerror\'"> [link](javascript:alert(1))\n'
+)
 XSS_HTML = "<b>kept html</b><script>window.pwned = 'output script'</script><img src=x onerror=\"window.pwned=1\">"
 
 
@@ -289,33 +333,43 @@ def xss_outputs() -> list:
     return [
         nbformat.v4.new_output("display_data", data={"text/html": XSS_HTML, "text/plain": "x"}),
         nbformat.v4.new_output("display_data", data={"application/javascript": "window.pwned = 'js output'"}),
-        nbformat.v4.new_output("execute_result", execution_count=1,
-                               data={"text/markdown": "<img src=y onerror=\"window.pwned=2\"> *md output*"}),
-        nbformat.v4.new_output("display_data", data={"image/png": "iVBORw0KGgo="},
-                               metadata={"image/png": {"width": "1 onerror=window.pwned=3", "height": 20}}),
+        nbformat.v4.new_output(
+            "execute_result",
+            execution_count=1,
+            data={"text/markdown": '<img src=y onerror="window.pwned=2"> *md output*'},
+        ),
+        nbformat.v4.new_output(
+            "display_data",
+            data={"image/png": "iVBORw0KGgo="},
+            metadata={"image/png": {"width": "1 onerror=window.pwned=3", "height": 20}},
+        ),
     ]
 
 
 def test_feedback_pages_run_no_student_script_and_keep_the_formatting():
+    import nbgrader
     from nbconvert import HTMLExporter
     from traitlets.config import Config
-
-    import nbgrader
 
     from segutils.grading.sanitize import SanitizeFeedback, configure_feedback
 
     templates = Path(nbgrader.__file__).parent / "server_extensions" / "formgrader"
 
     def page(with_payloads: bool) -> str:
-        nb = nbformat.v4.new_notebook(cells=[
-            nbformat.v4.new_markdown_cell(XSS_MARKDOWN if with_payloads else "# Answer\n\n**bold** <b>kept</b>"),
-            nbformat.v4.new_code_cell("show()", outputs=xss_outputs() if with_payloads else [])])
+        nb = nbformat.v4.new_notebook(
+            cells=[
+                nbformat.v4.new_markdown_cell(XSS_MARKDOWN if with_payloads else "# Answer\n\n**bold** <b>kept</b>"),
+                nbformat.v4.new_code_cell("show()", outputs=xss_outputs() if with_payloads else []),
+            ]
+        )
         cfg = Config()
         configure_feedback(cfg)
         # nbgrader's feedback template, set up as GenerateFeedback does (it renders Markdown cells itself)
         cfg.HTMLExporter.template_name = "feedback"
         cfg.HTMLExporter.extra_template_basedirs = [str(templates / "templates")]
-        cfg.HTMLExporter.extra_template_paths = [str(templates / "static" / "node_modules" / "bootstrap" / "dist" / "css")]
+        cfg.HTMLExporter.extra_template_paths = [
+            str(templates / "static" / "node_modules" / "bootstrap" / "dist" / "css")
+        ]
         exporter = cfg.GenerateFeedback.exporter_class(config=cfg)
         assert isinstance(exporter, HTMLExporter)
         exporter.register_preprocessor(SanitizeFeedback(config=cfg), enabled=True)
@@ -345,8 +399,9 @@ def test_the_sandbox_command_binds_nothing_of_the_course(tmp_path):
     (course / "solutions").mkdir(parents=True)
     inputs = tmp_path / "input"
     inputs.mkdir()
-    cmd = sandbox.sandbox_command(["python", "-c", "pass"], input_dir=inputs, limits=sandbox.Limits(),
-                                  env={"A": "1"}, bwrap="/usr/bin/bwrap")
+    cmd = sandbox.sandbox_command(
+        ["python", "-c", "pass"], input_dir=inputs, limits=sandbox.Limits(), env={"A": "1"}, bwrap="/usr/bin/bwrap"
+    )
     assert cmd[:2] == ["/usr/bin/bwrap", "--unshare-all"] and "--clearenv" in cmd and "--die-with-parent" in cmd
     bound = [cmd[i + 1] for i, arg in enumerate(cmd) if arg in ("--bind", "--ro-bind", "--dev-bind")]
     assert "--bind" not in cmd  # nothing of the host is writable
@@ -359,14 +414,13 @@ def test_a_checkout_under_tmp_stays_visible_above_the_sandbox_tmpfs(tmp_path, mo
     # A course cloned under /tmp: its .venv and segutils must be mounted after (so on top of) the tmpfs.
     roots = [Path("/tmp/course/.venv"), Path("/tmp/course/segutils")]
     monkeypatch.setattr(sandbox, "readonly_roots", lambda: roots)
-    cmd = sandbox.sandbox_command(["python", "-c", "pass"], input_dir=tmp_path, limits=sandbox.Limits(),
-                                  env={}, bwrap="/usr/bin/bwrap")
+    cmd = sandbox.sandbox_command(
+        ["python", "-c", "pass"], input_dir=tmp_path, limits=sandbox.Limits(), env={}, bwrap="/usr/bin/bwrap"
+    )
     tmpfs = next(i for i, arg in enumerate(cmd) if arg == "--tmpfs" and cmd[i + 1] == sandbox.SANDBOX_TMP)
     for root in roots:
         mounts = [i for i, arg in enumerate(cmd[:-1]) if arg == "--ro-bind" and cmd[i + 1] == str(root)]
         assert mounts and all(i > tmpfs for i in mounts), f"{root} is hidden by the tmpfs on {sandbox.SANDBOX_TMP}"
-
-
 
 
 def test_the_sandbox_caps_every_writable_file_system():
@@ -438,18 +492,28 @@ def test_a_sandbox_is_given_its_own_gpu_and_no_other(tmp_path, monkeypatch):
     inputs = tmp_path / "input"
     inputs.mkdir()
     env = sandbox.sandbox_env(sandbox.Limits(), gpu, use_cuda=True)
-    with_gpu = sandbox.sandbox_command(["python"], input_dir=inputs, limits=sandbox.Limits(), env=env, gpu=gpu,
-                                       bwrap="/usr/bin/bwrap")
+    with_gpu = sandbox.sandbox_command(
+        ["python"], input_dir=inputs, limits=sandbox.Limits(), env=env, gpu=gpu, bwrap="/usr/bin/bwrap"
+    )
     assert dev_binds(with_gpu) == [str(n) for n in nodes]  # not nvidia0: another worker's GPU
     assert with_gpu[with_gpu.index("CUDA_VISIBLE_DEVICES") + 1] == "GPU-b"
-    cpu_only = sandbox.sandbox_command(["python"], input_dir=inputs, limits=sandbox.Limits(), env={},
-                                       bwrap="/usr/bin/bwrap")
+    cpu_only = sandbox.sandbox_command(
+        ["python"], input_dir=inputs, limits=sandbox.Limits(), env={}, bwrap="/usr/bin/bwrap"
+    )
     assert dev_binds(cpu_only) == [] and "/sys" not in cpu_only
 
 
 def _job(student: str) -> GradingJob:
-    return GradingJob(assignment="mini", student=student, db_url="sqlite://", config_text="", release_notebooks={},
-                      source_files={}, submission={}, digest="")
+    return GradingJob(
+        assignment="mini",
+        student=student,
+        db_url="sqlite://",
+        config_text="",
+        release_notebooks={},
+        source_files={},
+        submission={},
+        digest="",
+    )
 
 
 @pytest.mark.parametrize("workers,gpus", [(2, 2), (3, 1), (2, 0)])
@@ -518,8 +582,9 @@ def test_a_job_server_reports_crashes_and_timeouts_and_keeps_serving(tmp_path):
 def test_a_pool_replaces_a_job_server_that_died(tmp_path, monkeypatch):
     from segutils.grading import pool
 
-    jobs = [replace(_job(f"s{i}"), assignment="nowhere", db_url=f"sqlite:///{tmp_path / 'gradebook.db'}")
-            for i in range(3)]
+    jobs = [
+        replace(_job(f"s{i}"), assignment="nowhere", db_url=f"sqlite:///{tmp_path / 'gradebook.db'}") for i in range(3)
+    ]
     local = pool.LocalPool(1)
     try:
         local._servers[0].process.kill()  # the slot's server died before its first job
@@ -534,7 +599,9 @@ def test_a_pool_replaces_a_job_server_that_died(tmp_path, monkeypatch):
 
         monkeypatch.setattr(pool.JobServer, "run", dies_during_the_job)
         local.run(jobs[2:], results.append)
-        assert results[2].student == "s2" and results[2].status == "failed" and "job server stopped" in results[2].message
+        assert (
+            results[2].student == "s2" and results[2].status == "failed" and "job server stopped" in results[2].message
+        )
     finally:
         local.close()
 
@@ -543,9 +610,20 @@ def test_bootstrap_runs_a_grading_module_without_importing_segutils_init():
     import subprocess
 
     cmd = sandbox.bootstrap_command(sys.executable, "runner", [])
-    done = subprocess.run(cmd[:2] + [cmd[2].replace("sys.exit(main())", "print(sorted(m for m in sys.modules if m in "
-                                                    "('torch', 'rfc3987_syntax') and sys.modules[m] is not None)); "
-                                                    "sys.exit(main())")], capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        cmd[:2]
+        + [
+            cmd[2].replace(
+                "sys.exit(main())",
+                "print(sorted(m for m in sys.modules if m in "
+                "('torch', 'rfc3987_syntax') and sys.modules[m] is not None)); "
+                "sys.exit(main())",
+            )
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 2 and "usage" in done.stderr and done.stdout.strip() == "[]", done
     with pytest.raises(ValueError):
         sandbox.bootstrap_command(sys.executable, "os", [])
@@ -599,8 +677,9 @@ def test_the_guard_watches_the_submodules_of_segutils_testing(monkeypatch):
 def test_sqlite_is_refused_when_workers_are_remote():
     local = {"127.0.0.1", "localhost", "grader"}
     with pytest.raises(cluster.ClusterConfigError, match="SQLite.*10.0.0.7.*postgresql"):
-        cluster.check_gradebook_for_cluster("sqlite:////c/gradebook.db",
-                                            ["tcp://127.0.0.1:4000", "tcp://10.0.0.7:4000"], local)
+        cluster.check_gradebook_for_cluster(
+            "sqlite:////c/gradebook.db", ["tcp://127.0.0.1:4000", "tcp://10.0.0.7:4000"], local
+        )
     cluster.check_gradebook_for_cluster("sqlite:////c/gradebook.db", ["tcp://127.0.0.1:1", "tcp://grader:2"], local)
     cluster.check_gradebook_for_cluster("postgresql+psycopg2://u@db/g", ["tcp://10.0.0.7:4000"], local)
 
@@ -609,10 +688,18 @@ def test_sqlite_is_refused_when_workers_are_remote():
 def test_the_submission_digest_depends_on_files_assignment_and_options():
     base = state.submission_digest({"a.ipynb": b"1"}, "fp", {"timeout": 5})
     assert base == state.submission_digest({"a.ipynb": b"1"}, "fp", {"timeout": 5})
-    assert len({base, state.submission_digest({"a.ipynb": b"2"}, "fp", {"timeout": 5}),
+    assert (
+        len(
+            {
+                base,
+                state.submission_digest({"a.ipynb": b"2"}, "fp", {"timeout": 5}),
                 state.submission_digest({"b.ipynb": b"1"}, "fp", {"timeout": 5}),
                 state.submission_digest({"a.ipynb": b"1"}, "fp2", {"timeout": 5}),
-                state.submission_digest({"a.ipynb": b"1"}, "fp", {"timeout": 6})}) == 5
+                state.submission_digest({"a.ipynb": b"1"}, "fp", {"timeout": 6}),
+            }
+        )
+        == 5
+    )
 
 
 def test_replace_folder_swaps_in_complete_contents(tmp_path):
@@ -625,18 +712,38 @@ def test_replace_folder_swaps_in_complete_contents(tmp_path):
 
 def test_report_numbers_are_computed_from_the_results(tmp_path):
     def result(student, square, double, seconds):
-        return {"student": student, "status": "graded", "message": "", "score": square + double, "max_score": 3.0,
-                "seconds": seconds, "exec_seconds": seconds / 2, "notes": [],
-                "cells": {"test_square": {"score": square, "max_score": 1.0, "ename": "AssertionError",
-                                          "evalue": "square(3) should be 9\nmore"},
-                          "test_double": {"score": double, "max_score": 2.0, "ename": "NameError",
-                                          "evalue": "name 'double' is not defined"}}}
+        return {
+            "student": student,
+            "status": "graded",
+            "message": "",
+            "score": square + double,
+            "max_score": 3.0,
+            "seconds": seconds,
+            "exec_seconds": seconds / 2,
+            "notes": [],
+            "cells": {
+                "test_square": {
+                    "score": square,
+                    "max_score": 1.0,
+                    "ename": "AssertionError",
+                    "evalue": "square(3) should be 9\nmore",
+                },
+                "test_double": {
+                    "score": double,
+                    "max_score": 2.0,
+                    "ename": "NameError",
+                    "evalue": "name 'double' is not defined",
+                },
+            },
+        }
 
     results = [result("a", 1, 2, 3.0), result("b", 0, 2, 9.0), result("c", 0, 0, 1.0), result("d", 1, 0, 2.0)]
     summary = report.summarize(results)
     assert summary["pass_rate"] == {"test_square": 0.5, "test_double": 0.5}
-    assert summary["messages"] == [("AssertionError: square(3) should be 9", 2),
-                                   ("NameError: name 'double' is not defined", 2)]
+    assert summary["messages"] == [
+        ("AssertionError: square(3) should be 9", 2),
+        ("NameError: name 'double' is not defined", 2),
+    ]
     assert [r["student"] for r in summary["slowest"]][:2] == ["b", "a"]
     assert sorted(summary["fractions"]) == [0.0, 1 / 3, 2 / 3, 1.0]
     path = report.write_report(tmp_path / "r.html", "mini", results, {"notes": ["<script>x</script>"]})
@@ -650,10 +757,20 @@ def test_the_report_shows_dollar_signs_of_student_messages_as_written(tmp_path):
     # Fault 4 of #10: matplotlib read "$...$" in a student's exception message as mathtext and the report
     # (rebuilt from every state file on each run) crashed on this run and every later one.
     messages = ["expected $\\alpha$, got $\\notacommand$", "costs $5 and $x^$", "a lone $ sign", "\x1b[31m$$\x1b[0m"]
-    results = [{"student": f"s{i}", "status": "graded", "message": "", "score": 0.0, "max_score": 1.0, "seconds": 1.0,
-                "exec_seconds": 0.5, "notes": [f"note ${i}$"],
-                "cells": {"test_square": {"score": 0.0, "max_score": 1.0, "ename": "ValueError", "evalue": m}}}
-               for i, m in enumerate(messages)]
+    results = [
+        {
+            "student": f"s{i}",
+            "status": "graded",
+            "message": "",
+            "score": 0.0,
+            "max_score": 1.0,
+            "seconds": 1.0,
+            "exec_seconds": 0.5,
+            "notes": [f"note ${i}$"],
+            "cells": {"test_square": {"score": 0.0, "max_score": 1.0, "ename": "ValueError", "evalue": m}},
+        }
+        for i, m in enumerate(messages)
+    ]
     page = report.write_report(tmp_path / "r.html", "mini", results, {"notes": []}).read_text()
     assert page.count("<img ") == 4
     for message in messages[:3]:
@@ -678,10 +795,30 @@ def test_printable_escapes_what_would_act_on_a_terminal():
 def test_segutils_grade_is_a_subcommand():
     from segutils.cli import build_parser
 
-    args = build_parser().parse_args(["grade", "a1", "--workers", "3", "--no-sandbox", "--student", "x",
-                                      "--student", "y", "--redact-hidden", "--db", "postgresql://h/db"])
+    args = build_parser().parse_args(
+        [
+            "grade",
+            "a1",
+            "--workers",
+            "3",
+            "--no-sandbox",
+            "--student",
+            "x",
+            "--student",
+            "y",
+            "--redact-hidden",
+            "--db",
+            "postgresql://h/db",
+        ]
+    )
     assert (args.assignment, args.workers, args.sandbox, args.student, args.redact_hidden, args.db_url) == (
-        "a1", 3, False, ["x", "y"], True, "postgresql://h/db")
+        "a1",
+        3,
+        False,
+        ["x", "y"],
+        True,
+        "postgresql://h/db",
+    )
     with pytest.raises(SystemExit):
         build_parser().parse_args(["grade", "a1", "--workers", "0"])
 
@@ -697,8 +834,23 @@ def test_the_new_caps_reach_the_batch_options(monkeypatch, capsys):
         return batch.BatchSummary(problems=["evil\x1b[2J.zip: neither <student>.ipynb nor <student>.zip; skipped"])
 
     monkeypatch.setattr(batch, "grade_assignment", fake_grade)
-    args = build_parser().parse_args(["grade", "a1", "--workers", "1", "--tmp-size", "8", "--shm-size", "4",
-                                      "--max-cells", "10", "--max-depth", "20", "--no-progress"])
+    args = build_parser().parse_args(
+        [
+            "grade",
+            "a1",
+            "--workers",
+            "1",
+            "--tmp-size",
+            "8",
+            "--shm-size",
+            "4",
+            "--max-cells",
+            "10",
+            "--max-depth",
+            "20",
+            "--no-progress",
+        ]
+    )
     assert args.run(args) == 0
     options = seen[0]
     assert (options.limits["tmp_bytes"], options.limits["shm_bytes"]) == (8 << 20, 4 << 20)

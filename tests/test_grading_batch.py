@@ -9,6 +9,7 @@ scores worked out by hand in ``cases.py``, files on disk, the CSV, the report, a
 students get the same grades as when graded alone. Re-runs, ``--student`` and an interrupted batch
 are checked on the same course.
 """
+
 from __future__ import annotations
 
 import csv
@@ -41,8 +42,20 @@ pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("grading")]
 
 # The hand-worked scores of cases.py are those of in-process grading (the guard restores what a test relies on);
 # two-process grading has its own hostile batch (tests/test_grading_hostile.py).
-GRADE_ARGS = ["--workers", "2", "--timeout", "5", "--memory", "1.5", "--tmp-size", str(cases.TMP_MIB),
-              "--shm-size", str(cases.SHM_MIB), "--no-progress", "--in-process"]
+GRADE_ARGS = [
+    "--workers",
+    "2",
+    "--timeout",
+    "5",
+    "--memory",
+    "1.5",
+    "--tmp-size",
+    str(cases.TMP_MIB),
+    "--shm-size",
+    str(cases.SHM_MIB),
+    "--no-progress",
+    "--in-process",
+]
 
 
 def _why_no_sandbox() -> str | None:
@@ -64,8 +77,14 @@ def _env() -> dict[str, str]:
 
 
 def segutils_grade(course: Path, *args: str, timeout: float = 1500) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "segutils", "grade", cases.ASSIGNMENT, "--course-dir", str(course),
-                           *args], capture_output=True, text=True, env=_env(), timeout=timeout, cwd=course)
+    return subprocess.run(
+        [sys.executable, "-m", "segutils", "grade", cases.ASSIGNMENT, "--course-dir", str(course), *args],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        timeout=timeout,
+        cwd=course,
+    )
 
 
 def make_course(root: Path, extra_cells: list | None = None) -> tuple[Path, cases.Context]:
@@ -77,16 +96,24 @@ def make_course(root: Path, extra_cells: list | None = None) -> tuple[Path, case
         nb = nbformat.read(source, as_version=4)
         nb.cells.extend(extra_cells)
         nbformat.write(nb, source)
-    subprocess.run([str(Path(sys.executable).parent / "nbgrader"), "generate_assignment", cases.ASSIGNMENT,
-                    "--log-level=WARN"], cwd=course, env=_env(), check=True, capture_output=True, timeout=600)
+    subprocess.run(
+        [str(Path(sys.executable).parent / "nbgrader"), "generate_assignment", cases.ASSIGNMENT, "--log-level=WARN"],
+        cwd=course,
+        env=_env(),
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
     return course, cases.Context(release=cases.read_release(course), course=course)
 
 
 def gradebook_scores(course: Path, db_url: str | None = None) -> dict[str, dict[str, float]]:
     """Every student's autograded scores, by test cell, read back through nbgrader's API."""
     with Gradebook(db_url or f"sqlite:///{course / 'gradebook.db'}") as gb:
-        return {s.student.id: {g.name: float(g.score) for nb in s.notebooks for g in nb.grades}
-                for s in gb.find_assignment(cases.ASSIGNMENT).submissions}
+        return {
+            s.student.id: {g.name: float(g.score) for nb in s.notebooks for g in nb.grades}
+            for s in gb.find_assignment(cases.ASSIGNMENT).submissions
+        }
 
 
 def report_rows(course: Path) -> dict[str, str]:
@@ -115,8 +142,10 @@ class Batch:
         self.run = segutils_grade(self.course, "--submissions", str(self.submissions), "--redact-hidden", *GRADE_ARGS)
         self.seconds = time.monotonic() - started
         self.scores = gradebook_scores(self.course) if (self.course / "gradebook.db").exists() else {}
-        self.states = {p.stem: json.loads(p.read_text())
-                       for p in (self.course / "reports" / cases.ASSIGNMENT / "state").glob("*.json")}
+        self.states = {
+            p.stem: json.loads(p.read_text())
+            for p in (self.course / "reports" / cases.ASSIGNMENT / "state").glob("*.json")
+        }
 
 
 @pytest.fixture(scope="module")
@@ -224,12 +253,22 @@ def test_a_rerun_skips_everyone_and_student_regrades_only_that_student(batch):
 
     graded_at = {s: batch.states[s]["graded_at"] for s in batch.states}
     time.sleep(1.1)
-    run = segutils_grade(course, "--submissions", str(batch.submissions), "--redact-hidden", "--student",
-                         "wrong_square", "--force", *GRADE_ARGS)
+    run = segutils_grade(
+        course,
+        "--submissions",
+        str(batch.submissions),
+        "--redact-hidden",
+        "--student",
+        "wrong_square",
+        "--force",
+        *GRADE_ARGS,
+    )
     assert run.returncode == 0, run.stdout + run.stderr
     assert "1 graded, 0 rejected, 0 failed, 0 unchanged" in run.stdout
     assert gradebook_scores(course) == before
-    states = {p.stem: json.loads(p.read_text()) for p in (course / "reports" / cases.ASSIGNMENT / "state").glob("*.json")}
+    states = {
+        p.stem: json.loads(p.read_text()) for p in (course / "reports" / cases.ASSIGNMENT / "state").glob("*.json")
+    }
     changed = sorted(s for s in states if states[s]["graded_at"] != graded_at[s])
     assert changed == ["wrong_square"]
     assert autograded.stat().st_mtime_ns != before_mtime
@@ -255,15 +294,36 @@ def _processes_working_in(folder: Path) -> list[str]:
 @pytest.mark.parametrize("how", [signal.SIGINT, signal.SIGKILL], ids=["ctrl-c", "crash"])
 def test_an_interrupted_batch_loses_nothing_already_graded(tmp_path, how):
     # Graded in name order: "blank" first, then "infinite_loop" (10 s of cell timeouts) is in flight when it stops.
-    chosen = [c for c in cases.CASES if c.student in ("reference", "wrong_square", "blank", "infinite_loop",
-                                                       "torch_warning")]
+    chosen = [
+        c for c in cases.CASES if c.student in ("reference", "wrong_square", "blank", "infinite_loop", "torch_warning")
+    ]
     course, ctx = make_course(tmp_path)
     cases.write_submissions(tmp_path / "export", ctx, chosen)
     state_dir = course / "reports" / cases.ASSIGNMENT / "state"
-    process = subprocess.Popen([sys.executable, "-m", "segutils", "grade", cases.ASSIGNMENT, "--course-dir", str(course),
-                                "--submissions", str(tmp_path / "export"), "--workers", "1", "--timeout", "5",
-                                "--no-progress", "--in-process"], env=_env(), cwd=course, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "segutils",
+            "grade",
+            cases.ASSIGNMENT,
+            "--course-dir",
+            str(course),
+            "--submissions",
+            str(tmp_path / "export"),
+            "--workers",
+            "1",
+            "--timeout",
+            "5",
+            "--no-progress",
+            "--in-process",
+        ],
+        env=_env(),
+        cwd=course,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 900
     while not list(state_dir.glob("*.json")) and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.2)
@@ -277,8 +337,9 @@ def test_an_interrupted_batch_loses_nothing_already_graded(tmp_path, how):
     assert 1 <= len(finished) < len(chosen), (out, err)
     if how == signal.SIGINT:
         assert process.returncode == 130 and "interrupted" in err
-    run = segutils_grade(course, "--submissions", str(tmp_path / "export"), "--workers", "2", "--timeout", "5",
-                         "--no-progress")
+    run = segutils_grade(
+        course, "--submissions", str(tmp_path / "export"), "--workers", "2", "--timeout", "5", "--no-progress"
+    )
     assert run.returncode == 0, run.stdout + run.stderr
     assert f"{len(finished)} unchanged (skipped)" in run.stdout
     assert gradebook_scores(course) == {c.student: c.expected for c in chosen}
@@ -311,23 +372,53 @@ def test_gpu_tests_run_on_the_workers_gpu_or_are_skipped_with_a_note(tmp_path):
     import torch
 
     gpus = len(sandbox.discover_gpus()) if torch.cuda.is_available() else 0
-    test_cell = nbformat.v4.new_code_cell(GPU_TEST, metadata={"nbgrader": {
-        "grade": True, "grade_id": "test_double_cuda", "locked": True, "points": 1, "schema_version": 3,
-        "solution": False, "task": False}})
+    test_cell = nbformat.v4.new_code_cell(
+        GPU_TEST,
+        metadata={
+            "nbgrader": {
+                "grade": True,
+                "grade_id": "test_double_cuda",
+                "locked": True,
+                "points": 1,
+                "schema_version": 3,
+                "solution": False,
+                "task": False,
+            }
+        },
+    )
     course, ctx = make_course(tmp_path, [test_cell])
     export = tmp_path / "export"
     export.mkdir()
-    for student, answers in {"on_device": {}, "moves_to_cpu": {"double": "def double(t):\n    return t.cpu() * 2"}}.items():
+    for student, answers in {
+        "on_device": {},
+        "moves_to_cpu": {"double": "def double(t):\n    return t.cpu() * 2"},
+    }.items():
         (export / f"{student}.ipynb").write_text(nbformat.writes(ctx.notebook(**answers)))
     workers = str(max(1, min(2, gpus)))
-    run = segutils_grade(course, "--submissions", str(export), "--workers", workers, "--no-progress", "--in-process",
-                         *(["--gpus", workers] if gpus else []), *([] if _why_no_sandbox() is None else ["--no-sandbox"]))
+    run = segutils_grade(
+        course,
+        "--submissions",
+        str(export),
+        "--workers",
+        workers,
+        "--no-progress",
+        "--in-process",
+        *(["--gpus", workers] if gpus else []),
+        *([] if _why_no_sandbox() is None else ["--no-sandbox"]),
+    )
     assert run.returncode == 0, run.stdout + run.stderr
     full = {**cases.FULL, "test_double_cuda": 1.0}
-    assert gradebook_scores(course) == {"on_device": full,
-                                        "moves_to_cpu": {**full, "test_double_cuda": 0.0 if gpus else 1.0}}
-    states = {p.stem: json.loads(p.read_text()) for p in (course / "reports" / cases.ASSIGNMENT / "state").glob("*.json")}
-    assert {s: st["cuda_devices"] for s, st in states.items()} == {"on_device": int(gpus > 0), "moves_to_cpu": int(gpus > 0)}
+    assert gradebook_scores(course) == {
+        "on_device": full,
+        "moves_to_cpu": {**full, "test_double_cuda": 0.0 if gpus else 1.0},
+    }
+    states = {
+        p.stem: json.loads(p.read_text()) for p in (course / "reports" / cases.ASSIGNMENT / "state").glob("*.json")
+    }
+    assert {s: st["cuda_devices"] for s, st in states.items()} == {
+        "on_device": int(gpus > 0),
+        "moves_to_cpu": int(gpus > 0),
+    }
     report = (course / "reports" / cases.ASSIGNMENT / "report.html").read_text()
     if gpus:
         assert f"GPUs: {workers}" in report and "should stay on CUDA" in report_rows(course)["moves_to_cpu"]
@@ -347,15 +438,19 @@ class SubMarks(BasePlugin):
 """
 DUE = "2024-03-01 12:00:00 UTC"
 #: student -> (answers, timestamp, seconds late)
-LATE_CLASS = {"on_time": ({}, "2024-03-01 11:00:00 UTC", 0.0),
-              "late": ({}, "2024-03-01 14:40:00 UTC", 9600.0),
-              "late_wrong": ({"square": cases.WRONG["square"]}, "2024-03-02 12:00:00 UTC", 86400.0)}
+LATE_CLASS = {
+    "on_time": ({}, "2024-03-01 11:00:00 UTC", 0.0),
+    "late": ({}, "2024-03-01 14:40:00 UTC", 9600.0),
+    "late_wrong": ({"square": cases.WRONG["square"]}, "2024-03-02 12:00:00 UTC", 86400.0),
+}
 #: method -> the late penalty each student gets, worked out from nbgrader's rules: "none" assigns none,
 #: "zero" takes the whole score (4 and 2 points), SubMarks one point per hour late, rounded (2.67 h -> 3;
 #: 24 h -> 24, which nbgrader caps at the score: 2).
-PENALTIES = {"none": {"on_time": 0.0, "late": 0.0, "late_wrong": 0.0},
-             "zero": {"on_time": 0.0, "late": 4.0, "late_wrong": 2.0},
-             "custom": {"on_time": 0.0, "late": 3.0, "late_wrong": 2.0}}
+PENALTIES = {
+    "none": {"on_time": 0.0, "late": 0.0, "late_wrong": 0.0},
+    "zero": {"on_time": 0.0, "late": 4.0, "late_wrong": 2.0},
+    "custom": {"on_time": 0.0, "late": 3.0, "late_wrong": 2.0},
+}
 
 
 @pytest.mark.parametrize("method", sorted(PENALTIES))
@@ -381,23 +476,27 @@ def test_late_submissions_are_graded_under_every_penalty_method(tmp_path, method
         (export / f"{student}.ipynb").write_text(nbformat.writes(ctx.notebook(**answers)))
         (export / f"{student}.timestamp.txt").write_text(stamp)
     args = ["--workers", "2", "--timeout", "5", "--no-progress", "--in-process"] + (
-        [] if _why_no_sandbox() is None else ["--no-sandbox"])
+        [] if _why_no_sandbox() is None else ["--no-sandbox"]
+    )
     run = segutils_grade(course, "--submissions", str(export), *args)
     assert run.returncode == 0, run.stdout + run.stderr
     assert "3 graded, 0 rejected, 0 failed" in run.stdout
     assert gradebook_scores(course) == {"on_time": cases.FULL, "late": cases.FULL, "late_wrong": cases.SQUARE_WRONG}
     with Gradebook(db) as gb:
         late = {s: gb.find_submission(cases.ASSIGNMENT, s).total_seconds_late for s in LATE_CLASS}
-        penalty = {s: float(gb.find_submission_notebook("mini", cases.ASSIGNMENT, s).late_submission_penalty or 0)
-                   for s in LATE_CLASS}
+        penalty = {
+            s: float(gb.find_submission_notebook("mini", cases.ASSIGNMENT, s).late_submission_penalty or 0)
+            for s in LATE_CLASS
+        }
     assert late == {s: seconds for s, (_, _, seconds) in LATE_CLASS.items()}
     assert penalty == PENALTIES[method]
     with open(course / "grades.csv", newline="") as handle:
         rows = {r["student_id"]: r for r in csv.DictReader(handle)}
     raw = {"on_time": 4.0, "late": 4.0, "late_wrong": 2.0}
     assert {s: float(rows[s]["score"]) for s in LATE_CLASS} == {s: raw[s] - PENALTIES[method][s] for s in LATE_CLASS}
-    states = {s: json.loads((course / "reports" / cases.ASSIGNMENT / "state" / f"{s}.json").read_text())
-              for s in LATE_CLASS}
+    states = {
+        s: json.loads((course / "reports" / cases.ASSIGNMENT / "state" / f"{s}.json").read_text()) for s in LATE_CLASS
+    }
     assert {s: st["status"] for s, st in states.items()} == dict.fromkeys(LATE_CLASS, "graded")
     assert any(f"late penalty: {PENALTIES[method]['late']:g} points" in n for n in states["late"]["notes"])
     assert not any("after the due date" in n for n in states["on_time"]["notes"])

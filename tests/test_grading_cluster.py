@@ -3,6 +3,7 @@
 The PostgreSQL server (Debian's ``postgresql`` package) is started by the test on 127.0.0.1
 (``tests/fixtures/grading/postgres.py``); the tests skip, saying why, only where it cannot start.
 """
+
 from __future__ import annotations
 
 import sys
@@ -43,8 +44,9 @@ def postgres_url():
 def dask_cluster():
     from distributed import LocalCluster
 
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
-                      dashboard_address=None) as local:
+    with LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None
+    ) as local:
         yield local
 
 
@@ -57,9 +59,17 @@ def test_a_dask_cluster_grades_into_postgresql(tmp_path, postgres_url, dask_clus
         use_sandbox = True
     except sandbox.SandboxUnavailable:
         use_sandbox = False
-    options = BatchOptions(assignment=cases.ASSIGNMENT, course=course, submissions=tmp_path / "export",
-                           db_url=postgres_url, scheduler=dask_cluster.scheduler_address, sandbox=use_sandbox,
-                           timeout=5, progress=False, two_process=False)  # cases.py's scores are in-process ones
+    options = BatchOptions(
+        assignment=cases.ASSIGNMENT,
+        course=course,
+        submissions=tmp_path / "export",
+        db_url=postgres_url,
+        scheduler=dask_cluster.scheduler_address,
+        sandbox=use_sandbox,
+        timeout=5,
+        progress=False,
+        two_process=False,
+    )  # cases.py's scores are in-process ones
     summary = grade_assignment(options)
     assert sorted(summary.graded) == sorted(c.student for c in chosen) and not summary.failed, summary
     assert gradebook_scores(course, postgres_url) == {c.student: c.expected for c in chosen}
@@ -75,7 +85,14 @@ def test_a_dask_cluster_grades_into_postgresql(tmp_path, postgres_url, dask_clus
 def test_gpus_on_a_cluster_without_gpu_workers_is_refused(tmp_path, dask_cluster):
     course, _ = make_course(tmp_path)
     (tmp_path / "export").mkdir()
-    options = BatchOptions(assignment=cases.ASSIGNMENT, course=course, submissions=tmp_path / "export",
-                           scheduler=dask_cluster.scheduler_address, sandbox=False, gpus=1, progress=False)
+    options = BatchOptions(
+        assignment=cases.ASSIGNMENT,
+        course=course,
+        submissions=tmp_path / "export",
+        scheduler=dask_cluster.scheduler_address,
+        sandbox=False,
+        gpus=1,
+        progress=False,
+    )
     with pytest.raises(GradingError, match="GPU resource"):
         grade_assignment(options)

@@ -6,6 +6,7 @@ late (nbgrader's late-penalty plugin: one point per hour, rounded), one with a w
 is not a notebook (rejected) and one registered without a submission (missing). Expected values are worked out
 by hand below from the mini assignment (``test_square`` 1 point, ``test_square_float`` 1, ``test_double`` 2).
 """
+
 from __future__ import annotations
 
 import csv
@@ -24,10 +25,9 @@ import nbformat
 import pytest
 
 pytest.importorskip("nbgrader")
+import nbgrader_harness as h  # noqa: E402
 from nbgrader.api import Gradebook  # noqa: E402
 from nbgrader.utils import parse_utc  # noqa: E402
-
-import nbgrader_harness as h  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO / "tests" / "fixtures" / "grading"
@@ -37,17 +37,21 @@ import cases  # noqa: E402
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("grading")]
 
 DUE = "2024-03-01 12:00:00 UTC"
-SUBMARKS = '''from nbgrader.plugins import BasePlugin
+SUBMARKS = """from nbgrader.plugins import BasePlugin
 
 
 class SubMarks(BasePlugin):
     def late_submission_penalty(self, student_id, score, total_seconds_late):
         return round(total_seconds_late / 3600, 0)
-'''
+"""
 #: student -> (first name, last name, email)
-PEOPLE = {"on_time": ("Ada", "Lovelace", "ada@example.edu"), "late": ("Alan", "Turing", "alan@example.edu"),
-          "wrong": ("Grace", "Hopper", "grace@example.edu"), "broken": ("Edsger", "Dijkstra", "ed@example.edu"),
-          "absent": ("Barbara", "Liskov", "barbara@example.edu")}
+PEOPLE = {
+    "on_time": ("Ada", "Lovelace", "ada@example.edu"),
+    "late": ("Alan", "Turing", "alan@example.edu"),
+    "wrong": ("Grace", "Hopper", "grace@example.edu"),
+    "broken": ("Edsger", "Dijkstra", "ed@example.edu"),
+    "absent": ("Barbara", "Liskov", "barbara@example.edu"),
+}
 # Worked out by hand: "late" hands in at 14:40, 2 h 40 min late: a 3-point penalty on its 4 points.
 RAW = {"on_time": 4.0, "late": 4.0, "wrong": 2.0, "broken": 0.0, "absent": 0.0}
 PENALTY = {"on_time": 0.0, "late": 3.0, "wrong": 0.0, "broken": 0.0, "absent": 0.0}
@@ -67,15 +71,37 @@ def _env() -> dict[str, str]:
 
 
 def grade(course: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "segutils", "grade", cases.ASSIGNMENT, "--course-dir", str(course),
-                           "--workers", "2", "--timeout", "10", "--no-progress", *h.sandbox_args(), *args],
-                          capture_output=True, text=True, env=_env(), timeout=1500, cwd=course)
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "segutils",
+            "grade",
+            cases.ASSIGNMENT,
+            "--course-dir",
+            str(course),
+            "--workers",
+            "2",
+            "--timeout",
+            "10",
+            "--no-progress",
+            *h.sandbox_args(),
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        timeout=1500,
+        cwd=course,
+    )
 
 
 def scores(course: Path) -> dict[str, dict[str, float]]:
     with Gradebook(f"sqlite:///{course / 'gradebook.db'}") as gb:
-        return {s.student.id: {g.name: float(g.score) for nb in s.notebooks for g in nb.grades}
-                for s in gb.find_assignment(cases.ASSIGNMENT).submissions}
+        return {
+            s.student.id: {g.name: float(g.score) for nb in s.notebooks for g in nb.grades}
+            for s in gb.find_assignment(cases.ASSIGNMENT).submissions
+        }
 
 
 def page_text(course: Path, student: str) -> str:
@@ -94,8 +120,14 @@ def graded(tmp_path_factory):
     (course / "late.py").write_text(SUBMARKS)
     with open(course / "nbgrader_config.py", "a") as config:
         config.write("\nc.AssignLatePenalties.plugin_class = 'late.SubMarks'\n")
-    subprocess.run([str(Path(sys.executable).parent / "nbgrader"), "generate_assignment", cases.ASSIGNMENT,
-                    "--log-level=WARN"], cwd=course, env=_env(), check=True, capture_output=True, timeout=600)
+    subprocess.run(
+        [str(Path(sys.executable).parent / "nbgrader"), "generate_assignment", cases.ASSIGNMENT, "--log-level=WARN"],
+        cwd=course,
+        env=_env(),
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
     with Gradebook(f"sqlite:///{course / 'gradebook.db'}") as gb:
         gb.update_or_create_assignment(cases.ASSIGNMENT, duedate=parse_utc(DUE))
         for student, (first, last, email) in PEOPLE.items():
@@ -104,15 +136,30 @@ def graded(tmp_path_factory):
     export = root / "export"
     export.mkdir()
     answers = {"on_time": {}, "late": {}, "wrong": {"square": cases.WRONG["square"]}}
-    stamps = {"on_time": "2024-03-01 11:00:00 UTC", "late": "2024-03-01 14:40:00 UTC",
-              "wrong": "2024-03-01 10:00:00 UTC", "broken": "2024-03-01 09:00:00 UTC"}
+    stamps = {
+        "on_time": "2024-03-01 11:00:00 UTC",
+        "late": "2024-03-01 14:40:00 UTC",
+        "wrong": "2024-03-01 10:00:00 UTC",
+        "broken": "2024-03-01 09:00:00 UTC",
+    }
     for student, answer in answers.items():
         (export / f"{student}.ipynb").write_text(nbformat.writes(ctx.notebook(**answer)))
     (export / "broken.ipynb").write_text("this is not a notebook")
     for student, stamp in stamps.items():
         (export / f"{student}.timestamp.txt").write_text(stamp)
-    run = grade(course, "--submissions", str(export), "--release-feedback", "after-deadline",
-                "--export", "canvas", "--export", "moodle", "--export", "csv")
+    run = grade(
+        course,
+        "--submissions",
+        str(export),
+        "--release-feedback",
+        "after-deadline",
+        "--export",
+        "canvas",
+        "--export",
+        "moodle",
+        "--export",
+        "csv",
+    )
     assert run.returncode == 0, run.stdout + run.stderr
     return course, run
 
@@ -152,12 +199,18 @@ def test_moodle_export_has_an_identifier_a_column_per_item_and_shows_the_penalty
 
 def test_csv_export_shows_status_penalty_and_score_like_nbgrader(graded):
     course, _ = graded
-    rows = {r["student_id"]: r for r in csv.DictReader(io.StringIO((course / "reports" / "grades-csv.csv").read_text()))}
+    rows = {
+        r["student_id"]: r for r in csv.DictReader(io.StringIO((course / "reports" / "grades-csv.csv").read_text()))
+    }
     assert {s: r["status"] for s, r in rows.items()} == STATUS
     for student in PEOPLE:
         row = rows[student]
         assert (float(row["raw_score"]), float(row["late_penalty"]), float(row["score"]), float(row["max_score"])) == (
-            RAW[student], PENALTY[student], RAW[student] - PENALTY[student], 4.0), student
+            RAW[student],
+            PENALTY[student],
+            RAW[student] - PENALTY[student],
+            4.0,
+        ), student
     # nbgrader's own export (grades.csv, written by every batch) agrees on every score.
     with open(course / "grades.csv", newline="") as handle:
         nbgrader_rows = {r["student_id"]: float(r["score"]) for r in csv.DictReader(handle)}
@@ -184,19 +237,32 @@ def test_feedback_before_the_deadline_shows_visible_tests_only(graded, tmp_path)
         path.chmod(path.stat().st_mode | stat.S_IWUSR)
     db = f"sqlite:///{course / 'gradebook.db'}"
     before = datetime.datetime(2024, 3, 1, 11, 59)
-    line = regenerate_feedback(course, load_course_config(course / "nbgrader_config.py"), db, cases.ASSIGNMENT,
-                               "after-deadline", now=before)
+    line = regenerate_feedback(
+        course, load_course_config(course / "nbgrader_config.py"), db, cases.ASSIGNMENT, "after-deadline", now=before
+    )
     assert "visible tests only" in line
     text = page_text(course, "wrong")
     assert "should be 2.25" not in text and "got 3.0" not in text  # neither the hidden message nor the source
     assert "released after the deadline, 2024-03-01 12:00 UTC" in text
     assert "square(3) should be 9" in text  # the visible test's source is still shown
-    never = regenerate_feedback(course, load_course_config(course / "nbgrader_config.py"), db, cases.ASSIGNMENT,
-                                "never", now=datetime.datetime(2030, 1, 1))
+    never = regenerate_feedback(
+        course,
+        load_course_config(course / "nbgrader_config.py"),
+        db,
+        cases.ASSIGNMENT,
+        "never",
+        now=datetime.datetime(2030, 1, 1),
+    )
     assert "visible tests only" in never and "should be 2.25" not in page_text(course, "wrong")
     # Positive control: the same pages after the deadline show the message.
-    regenerate_feedback(course, load_course_config(course / "nbgrader_config.py"), db, cases.ASSIGNMENT,
-                        "after-deadline", now=datetime.datetime(2024, 3, 1, 12, 1))
+    regenerate_feedback(
+        course,
+        load_course_config(course / "nbgrader_config.py"),
+        db,
+        cases.ASSIGNMENT,
+        "after-deadline",
+        now=datetime.datetime(2024, 3, 1, 12, 1),
+    )
     assert "square(1.5) should be 2.25, got 3.0" in page_text(course, "wrong")
 
 
@@ -215,8 +281,10 @@ def test_regrading_one_cell_changes_only_its_grades_and_keeps_manual_ones(graded
     source = course / "solutions" / cases.ASSIGNMENT / f"{cases.ASSIGNMENT}.ipynb"
     nb = nbformat.read(source, as_version=4)
     cell = cases.cell(nb, "test_square_float")
-    cell.source = cell.source.replace('assert math.isclose(square(1.5), 2.25), f"square(1.5) should be 2.25, got '
-                                      '{square(1.5)}"', 'assert math.isclose(square(2.0), 4.0), "square(2.0)"')
+    cell.source = cell.source.replace(
+        'assert math.isclose(square(1.5), 2.25), f"square(1.5) should be 2.25, got {square(1.5)}"',
+        'assert math.isclose(square(2.0), 4.0), "square(2.0)"',
+    )
     assert "square(2.0)" in cell.source
     # The hidden test of test_double is broken too (every answer fails it now), but it is not the cell
     # regraded: its grades must stay as they were although the notebooks run it again.

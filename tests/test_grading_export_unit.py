@@ -1,5 +1,6 @@
 """Fast checks of the term tools of ``segutils grade`` (no kernel, no gradebook): the export layouts, the
 feedback release policy and the withholding of hidden-test results. End to end: ``tests/test_grading_export.py``."""
+
 from __future__ import annotations
 
 import csv
@@ -18,9 +19,18 @@ DUE = datetime.datetime(2027, 3, 1, 23, 59)
 
 
 def _entry(student: str, status: str = "graded", raw: float = 4.0, penalty: float = 0.0, **names) -> Entry:
-    return Entry(student=student, last_name=names.get("last", "L"), first_name=names.get("first", "F"),
-                 email=names.get("email", f"{student}@example.edu"), assignment="a1", status=status,
-                 seconds_late=7200.0 if status == "late" else 0.0, raw_score=raw, late_penalty=penalty, max_score=5.0)
+    return Entry(
+        student=student,
+        last_name=names.get("last", "L"),
+        first_name=names.get("first", "F"),
+        email=names.get("email", f"{student}@example.edu"),
+        assignment="a1",
+        status=status,
+        seconds_late=7200.0 if status == "late" else 0.0,
+        raw_score=raw,
+        late_penalty=penalty,
+        max_score=5.0,
+    )
 
 
 def test_a_penalty_never_takes_a_score_below_zero():
@@ -29,9 +39,9 @@ def test_a_penalty_never_takes_a_score_below_zero():
 
 
 def test_names_that_a_spreadsheet_would_run_are_written_as_text():
-    text = render("canvas", ["a1"], [_entry("eve", last="=HYPERLINK(\"x\")", first="-1")])
+    text = render("canvas", ["a1"], [_entry("eve", last='=HYPERLINK("x")', first="-1")])
     rows = list(csv.reader(io.StringIO(text)))
-    assert rows[2][0] == "'=HYPERLINK(\"x\"), -1"
+    assert rows[2][0] == '\'=HYPERLINK("x"), -1'
     assert rows[2][2:4] == ["eve", "eve"] and rows[2][5] == "4"
 
 
@@ -44,12 +54,15 @@ def test_every_assignment_is_a_column_in_the_order_given():
         render("blackboard", ["a1"], entries)
 
 
-@pytest.mark.parametrize("mode, now, shown", [
-    ("now", DUE - datetime.timedelta(days=1), True),
-    ("never", DUE + datetime.timedelta(days=99), False),
-    ("after-deadline", DUE - datetime.timedelta(seconds=1), False),
-    ("after-deadline", DUE, True),
-])
+@pytest.mark.parametrize(
+    "mode, now, shown",
+    [
+        ("now", DUE - datetime.timedelta(days=1), True),
+        ("never", DUE + datetime.timedelta(days=99), False),
+        ("after-deadline", DUE - datetime.timedelta(seconds=1), False),
+        ("after-deadline", DUE, True),
+    ],
+)
 def test_the_release_policy(mode, now, shown):
     assert released(mode, DUE, now) is shown
 
@@ -63,16 +76,23 @@ def test_after_deadline_needs_a_due_date_and_modes_are_checked():
 
 def _graded_cell(source: str, grade_id: str, score: float, points: float) -> nbformat.NotebookNode:
     cell = nbformat.v4.new_code_cell(source)
-    cell.metadata["nbgrader"] = {"grade": True, "solution": False, "grade_id": grade_id, "points": points,
-                                 "score": score, "locked": True}
+    cell.metadata["nbgrader"] = {
+        "grade": True,
+        "solution": False,
+        "grade_id": grade_id,
+        "points": points,
+        "score": score,
+        "locked": True,
+    }
     cell.outputs = [nbformat.v4.new_output("error", ename="AssertionError", evalue="secret message", traceback=[])]
     return cell
 
 
 def test_withheld_cells_keep_their_visible_part_only_and_leave_the_total():
     hidden = "assert f(1) == 1\n### BEGIN HIDDEN TESTS\nassert f(2) == 4, 'secret message'\n### END HIDDEN TESTS"
-    nb = nbformat.v4.new_notebook(cells=[_graded_cell(hidden, "t_hidden", 0.0, 2.0),
-                                         _graded_cell("assert f(0) == 0", "t_visible", 1.0, 1.0)])
+    nb = nbformat.v4.new_notebook(
+        cells=[_graded_cell(hidden, "t_hidden", 0.0, 2.0), _graded_cell("assert f(0) == 0", "t_visible", 1.0, 1.0)]
+    )
     resources = {"nbgrader": {"score": 1.0, "max_score": 3.0, "late_penalty": 0.0}}
     withhold = WithholdHiddenResults(withhold=True, note="later")
     nb, resources = withhold.preprocess(nb, resources)

@@ -8,6 +8,7 @@ without the attack scores 0 of 4 (and 1 point of a check measured in the student
 hold any text of the hidden tests' source or the inputs they passed. Positive controls in the same
 batch: the reference solution scores 5 of 5 and the wrong answers alone 1.
 """
+
 from __future__ import annotations
 
 import html
@@ -21,9 +22,8 @@ import nbformat
 import pytest
 
 pytest.importorskip("nbgrader")
-from nbgrader.api import Gradebook  # noqa: E402
-
 import nbgrader_harness as h  # noqa: E402
+from nbgrader.api import Gradebook  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests" / "fixtures" / "grading"))
@@ -36,9 +36,11 @@ pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("grading")]
 #: A test cell added to the mini course here: its check runs in the student's process (issue #11: such points
 #: are marked "measured in the student's process" in the feedback and the report).
 PROBE_CELL = "test_double_ops"
-PROBE_SOURCE = ("# [1 point] double dispatches one operator\n"
-                "ops = testing.count_ops(double, torch.ones(4))\n"
-                "assert sum(ops.values()) == 1, f\"double should dispatch one operator, got {dict(ops)}\"")
+PROBE_SOURCE = (
+    "# [1 point] double dispatches one operator\n"
+    "ops = testing.count_ops(double, torch.ones(4))\n"
+    'assert sum(ops.values()) == 1, f"double should dispatch one operator, got {dict(ops)}"'
+)
 REFERENCE = {**cases.FULL, PROBE_CELL: 1.0}
 HONEST_WRONG = {**cases.ZERO, PROBE_CELL: 1.0}  # t * 3 is one operator too
 
@@ -76,22 +78,62 @@ def graded(tmp_path_factory):
         config.write("\nc.SandboxedExecute.two_process = True\n")
     source = course / "solutions" / cases.ASSIGNMENT / f"{cases.ASSIGNMENT}.ipynb"
     nb = nbformat.read(source, as_version=4)
-    nb.cells.append(nbformat.v4.new_code_cell(PROBE_SOURCE, metadata={"nbgrader": {
-        "grade": True, "grade_id": PROBE_CELL, "locked": True, "points": 1, "schema_version": 3, "solution": False,
-        "task": False}}))
+    nb.cells.append(
+        nbformat.v4.new_code_cell(
+            PROBE_SOURCE,
+            metadata={
+                "nbgrader": {
+                    "grade": True,
+                    "grade_id": PROBE_CELL,
+                    "locked": True,
+                    "points": 1,
+                    "schema_version": 3,
+                    "solution": False,
+                    "task": False,
+                }
+            },
+        )
+    )
     nbformat.write(nb, source)
-    subprocess.run([str(Path(sys.executable).parent / "nbgrader"), "generate_assignment", cases.ASSIGNMENT,
-                    "--log-level=WARN"], cwd=course, env=_env(), check=True, capture_output=True, timeout=600)
+    subprocess.run(
+        [str(Path(sys.executable).parent / "nbgrader"), "generate_assignment", cases.ASSIGNMENT, "--log-level=WARN"],
+        cwd=course,
+        env=_env(),
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
     release = cases.read_release(course)
     export = root / "export"
     export.mkdir()
     students = ["reference", "honest_wrong", *attacks.ATTACKS]
     for name in students:
         nbformat.write(_submission(release, name), export / f"{name}.ipynb")
-    run = subprocess.run([sys.executable, "-m", "segutils", "grade", cases.ASSIGNMENT, "--course-dir", str(course),
-                          "--submissions", str(export), "--workers", "2", "--timeout", "30", "--no-progress",
-                          "--redact-hidden", *h.sandbox_args()], capture_output=True, text=True, env=_env(),
-                         timeout=1500, cwd=course)
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "segutils",
+            "grade",
+            cases.ASSIGNMENT,
+            "--course-dir",
+            str(course),
+            "--submissions",
+            str(export),
+            "--workers",
+            "2",
+            "--timeout",
+            "30",
+            "--no-progress",
+            "--redact-hidden",
+            *h.sandbox_args(),
+        ],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        timeout=1500,
+        cwd=course,
+    )
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     scores = {}
     with Gradebook(f"sqlite:///{course / 'gradebook.db'}") as gb:
@@ -121,7 +163,9 @@ def test_points_measured_in_the_student_process_are_marked_for_student_and_instr
     # report lists the cell; the tests judged in the grader alone are not marked (control).
     course, _ = graded
     for student in ("reference", "honest_wrong"):
-        page = html.unescape((course / "feedback" / student / cases.ASSIGNMENT / f"{cases.ASSIGNMENT}.html").read_text())
+        page = html.unescape(
+            (course / "feedback" / student / cases.ASSIGNMENT / f"{cases.ASSIGNMENT}.html").read_text()
+        )
         assert page.count("measured in the student's process") == 1, student
         assert page.index("measured in the student's process") > page.index("double dispatches one operator")
     report = html.unescape((course / "reports" / cases.ASSIGNMENT / "report.html").read_text())
@@ -136,8 +180,15 @@ def test_the_snooping_attacks_did_search_during_the_tests(graded, attack):
     # Positive control of "nothing found": each snooping attack's final cell prints how often its code looked.
     course, _ = graded
     nb = nbformat.read(course / "autograded" / attack / cases.ASSIGNMENT / f"{cases.ASSIGNMENT}.ipynb", as_version=4)
-    found = [line for cell in nb.cells if cell.cell_type == "code" for o in cell.get("outputs", [])
-             if o.get("output_type") == "stream" for line in o.text.splitlines() if attacks.SEARCHED_MARKER in line]
+    found = [
+        line
+        for cell in nb.cells
+        if cell.cell_type == "code"
+        for o in cell.get("outputs", [])
+        if o.get("output_type") == "stream"
+        for line in o.text.splitlines()
+        if attacks.SEARCHED_MARKER in line
+    ]
     assert found, f"{attack} never reported its searches"
     assert int(found[-1].split(attacks.SEARCHED_MARKER)[1].split()[0]) > 0, found[-1]
 

@@ -1,4 +1,5 @@
 """The two-process grading layer: codec, channel, proxies, autograd bridge, probes."""
+
 from __future__ import annotations
 
 import json
@@ -16,12 +17,40 @@ def roundtrip(value, **kwargs):
 
 
 # -- codec ----------------------------------------------------------------------------------------
-@pytest.mark.parametrize("value", [
-    None, True, False, 0, -7, 2**80, 1.5, float("inf"), "text", "", "ünïcode", [1, [2, [3]]], (1, "a", None),
-    {"a": 1, 2: (3, 4), (5, 6): [7]}, {1, 2, 3}, frozenset({"x"}), b"\x00\xffbytes", 3 + 4j, slice(1, None, 2),
-    range(2, 10, 3), Ellipsis, torch.float64, torch.bfloat16, torch.device("cpu"), torch.device("meta"),
-    torch.Size([2, 3]), (), [], {},
-])
+@pytest.mark.parametrize(
+    "value",
+    [
+        None,
+        True,
+        False,
+        0,
+        -7,
+        2**80,
+        1.5,
+        float("inf"),
+        "text",
+        "",
+        "ünïcode",
+        [1, [2, [3]]],
+        (1, "a", None),
+        {"a": 1, 2: (3, 4), (5, 6): [7]},
+        {1, 2, 3},
+        frozenset({"x"}),
+        b"\x00\xffbytes",
+        3 + 4j,
+        slice(1, None, 2),
+        range(2, 10, 3),
+        Ellipsis,
+        torch.float64,
+        torch.bfloat16,
+        torch.device("cpu"),
+        torch.device("meta"),
+        torch.Size([2, 3]),
+        (),
+        [],
+        {},
+    ],
+)
 def test_plain_values_round_trip(value):
     got = roundtrip(value)
     assert got == value and type(got) is type(value)
@@ -32,26 +61,43 @@ def test_nan_round_trips():
     assert got != got
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int64,
-                                   torch.int8, torch.uint8, torch.bool, torch.complex64])
+@pytest.mark.parametrize(
+    "dtype",
+    [
+        torch.float32,
+        torch.float64,
+        torch.float16,
+        torch.bfloat16,
+        torch.int64,
+        torch.int8,
+        torch.uint8,
+        torch.bool,
+        torch.complex64,
+    ],
+)
 def test_tensors_round_trip_bit_exact(dtype):
     torch.manual_seed(0)
     x = (torch.randn(3, 4, 5) * 100).to(dtype)
     got = roundtrip(x)
     assert got.dtype == dtype and got.shape == x.shape and got.stride() == x.stride()
-    assert torch.equal(got.view(-1).view(torch.uint8) if dtype != torch.bool else got, x.view(-1).view(torch.uint8)
-                       if dtype != torch.bool else x)
+    assert torch.equal(
+        got.view(-1).view(torch.uint8) if dtype != torch.bool else got,
+        x.view(-1).view(torch.uint8) if dtype != torch.bool else x,
+    )
     assert got.data_ptr() != x.data_ptr()
 
 
-@pytest.mark.parametrize("make", [
-    lambda x: x.transpose(1, 2),
-    lambda x: x.contiguous(memory_format=torch.channels_last),
-    lambda x: x[:, ::2, 1:, ::3],
-    lambda x: x[0, 0, 0, 0],  # a 0-d view with an offset
-    lambda x: x[:, :1].expand(2, 5, 6, 7),  # zero strides
-    lambda x: x[:, :, :0],  # no elements
-])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda x: x.transpose(1, 2),
+        lambda x: x.contiguous(memory_format=torch.channels_last),
+        lambda x: x[:, ::2, 1:, ::3],
+        lambda x: x[0, 0, 0, 0],  # a 0-d view with an offset
+        lambda x: x[:, :1].expand(2, 5, 6, 7),  # zero strides
+        lambda x: x[:, :, :0],  # no elements
+    ],
+)
 def test_non_contiguous_strides_are_kept(make):
     x = make(torch.arange(2 * 3 * 6 * 7, dtype=torch.float64).reshape(2, 3, 6, 7))
     got = roundtrip(x)
@@ -118,32 +164,56 @@ def test_objects_that_are_not_data_need_an_exporter():
 
 def _message(header, buffers=()):
     head = json.dumps(header).encode()
-    return (struct.pack("<4sII", b"SGR1", len(head), len(buffers)) + b"".join(struct.pack("<Q", len(b)) for b in buffers)
-            + head + b"".join(buffers))
+    return (
+        struct.pack("<4sII", b"SGR1", len(head), len(buffers))
+        + b"".join(struct.pack("<Q", len(b)) for b in buffers)
+        + head
+        + b"".join(buffers)
+    )
 
 
-@pytest.mark.parametrize("data, problem", [
-    (b"", "shorter"),
-    (b"XXXX" + b"\0" * 8, "magic"),
-    (_message({"t": "pickle", "v": "cos\nsystem\n"}), "unknown value kind 'pickle'"),
-    (_message({"t": "tensor", "dtype": "object", "shape": [1], "strides": [1], "device": "cpu", "b": 0}, [b"x"]),
-     "unknown tensor dtype"),
-    (_message({"t": "tensor", "dtype": "float32", "shape": [4], "strides": [1], "device": "cpu", "b": 0}, [b"x" * 8]),
-     "needs 16 bytes"),
-    (_message({"t": "tensor", "dtype": "float32", "shape": [1 << 40], "strides": [1], "device": "cpu", "b": 0}, [b""]),
-     "larger than"),
-    (_message({"t": "tensor", "dtype": "float32", "shape": [1] * 40, "strides": [1] * 40, "device": "cpu"}), "rank"),
-    (_message({"t": "tensor", "dtype": "float32", "shape": [-1], "strides": [1], "device": "cpu"}), "non-negative"),
-    (_message({"t": "tensor", "dtype": "float32", "shape": [1], "strides": [1], "device": "tpu", "b": 0},
-              [b"\0" * 4]), "unknown device"),
-    (_message({"t": "bytes", "b": 3}), "outside"),
-    (_message([{"t": "bytes", "b": 0}, {"t": "bytes", "b": 0}], [b"ab"]), "used twice"),
-    (_message({"t": "dict", "v": [[[1], 2]]}), "not hashable"),
-    (_message({"t": "exc", "types": 3, "msg": "x"}), "malformed exception"),
-    (_message({"t": "ref", "side": "s", "id": 1, "m": "x", "n": "y", "c": True}), "handle"),
-    (_message([1]) + b"trailing", "table says"),
-    (struct.pack("<4sII", b"SGR1", 5, 0) + b"{nope", "not valid JSON"),
-])
+@pytest.mark.parametrize(
+    "data, problem",
+    [
+        (b"", "shorter"),
+        (b"XXXX" + b"\0" * 8, "magic"),
+        (_message({"t": "pickle", "v": "cos\nsystem\n"}), "unknown value kind 'pickle'"),
+        (
+            _message({"t": "tensor", "dtype": "object", "shape": [1], "strides": [1], "device": "cpu", "b": 0}, [b"x"]),
+            "unknown tensor dtype",
+        ),
+        (
+            _message(
+                {"t": "tensor", "dtype": "float32", "shape": [4], "strides": [1], "device": "cpu", "b": 0}, [b"x" * 8]
+            ),
+            "needs 16 bytes",
+        ),
+        (
+            _message(
+                {"t": "tensor", "dtype": "float32", "shape": [1 << 40], "strides": [1], "device": "cpu", "b": 0}, [b""]
+            ),
+            "larger than",
+        ),
+        (
+            _message({"t": "tensor", "dtype": "float32", "shape": [1] * 40, "strides": [1] * 40, "device": "cpu"}),
+            "rank",
+        ),
+        (_message({"t": "tensor", "dtype": "float32", "shape": [-1], "strides": [1], "device": "cpu"}), "non-negative"),
+        (
+            _message(
+                {"t": "tensor", "dtype": "float32", "shape": [1], "strides": [1], "device": "tpu", "b": 0}, [b"\0" * 4]
+            ),
+            "unknown device",
+        ),
+        (_message({"t": "bytes", "b": 3}), "outside"),
+        (_message([{"t": "bytes", "b": 0}, {"t": "bytes", "b": 0}], [b"ab"]), "used twice"),
+        (_message({"t": "dict", "v": [[[1], 2]]}), "not hashable"),
+        (_message({"t": "exc", "types": 3, "msg": "x"}), "malformed exception"),
+        (_message({"t": "ref", "side": "s", "id": 1, "m": "x", "n": "y", "c": True}), "handle"),
+        (_message([1]) + b"trailing", "table says"),
+        (struct.pack("<4sII", b"SGR1", 5, 0) + b"{nope", "not valid JSON"),
+    ],
+)
 def test_the_decoder_rejects_bad_messages_with_a_message(data, problem):
     with pytest.raises(CodecError, match=problem):
         decode(data)
@@ -281,8 +351,7 @@ def test_the_grader_refuses_anything_but_calls_of_what_it_sent():
     results = []
 
     def attack():
-        for op, fields in [("lookup", {"name": "secret"}), ("getattr", {"target": None, "name": "x"}),
-                           ("names", {})]:
+        for op, fields in [("lookup", {"name": "secret"}), ("getattr", {"target": None, "name": "x"}), ("names", {})]:
             try:
                 fake.request(op, **fields)
             except Exception as error:  # noqa: BLE001
@@ -396,7 +465,10 @@ def test_grader_modules_travel_as_copies_whose_changes_come_back():
         assert type(conv).__name__ == "Conv2d"  # the student's module: a proxy
         x = torch.randn(1, 2, 5, 5)
         with torch.no_grad():
-            want = torch.nn.functional.unfold(x, 3, padding=1).transpose(1, 2) @ clf.layers[1].weight.T + clf.layers[1].bias
+            want = (
+                torch.nn.functional.unfold(x, 3, padding=1).transpose(1, 2) @ clf.layers[1].weight.T
+                + clf.layers[1].bias
+            )
             assert torch.allclose(conv(x), want.transpose(1, 2).reshape(1, 3, 5, 5), atol=1e-5)
         before = [p.detach().clone() for p in clf.parameters()]
         assert lookup("train")(clf) is True
@@ -406,8 +478,7 @@ def test_grader_modules_travel_as_copies_whose_changes_come_back():
 
 
 def test_only_the_student_side_accepts_module_copies():
-    message = encode(torch.nn.Linear(2, 3), export=lambda o: codec.RefInfo("g", 1, "", "", True),
-                     modules_by_value=True)
+    message = encode(torch.nn.Linear(2, 3), export=lambda o: codec.RefInfo("g", 1, "", "", True), modules_by_value=True)
     with pytest.raises(CodecError, match="module where only data"):
         decode(message, resolve=lambda ref: None)
     got = []
@@ -440,8 +511,24 @@ def test_a_test_watching_the_dispatcher_around_a_proxied_call_is_told_why_it_can
 def test_only_the_students_own_names_are_offered():
     from segutils.grading.remote.student import student_namespace
 
-    ns = {"In": [], "Out": {}, "_": 1, "__": 2, "_i": "", "_ii": "", "_i7": "", "_7": 3, "_ih": [], "_oh": {},
-          "_dh": [], "get_ipython": None, "_index": 4, "_im2col": 5, "square": 6, "__builtins__": None}
+    ns = {
+        "In": [],
+        "Out": {},
+        "_": 1,
+        "__": 2,
+        "_i": "",
+        "_ii": "",
+        "_i7": "",
+        "_7": 3,
+        "_ih": [],
+        "_oh": {},
+        "_dh": [],
+        "get_ipython": None,
+        "_index": 4,
+        "_im2col": 5,
+        "square": 6,
+        "__builtins__": None,
+    }
     assert set(student_namespace(ns)) == {"_index", "_im2col", "square", "__builtins__"}
 
 
@@ -460,14 +547,18 @@ def test_the_grader_runs_the_locked_cells_that_use_only_its_own_names():
         meta = {"grade_id": gid, "locked": True, "grade": False, "solution": False, "schema_version": 3, **flags}
         return nbformat.v4.new_code_cell(source, metadata={"nbgrader": meta})
 
-    nb = nbformat.v4.new_notebook(cells=[
-        code("import torch\nfrom torch import nn", "setup"),
-        code("def train_model(m):\n    return m", "answer", locked=False, solution=True),
-        code("def helper(n):\n    return nn.Linear(n, n)", "helpers"),
-        code("model = nn.Linear(2, 2)\nlosses = train_model(model)", "training"),  # the student's train_model
-        code("assert helper(2)(torch.ones(2)).shape == (2,)\nassert len(losses) == 2", "test", grade=True, points=1),
-        code("%matplotlib inline\nx = (", "broken"),
-    ])
+    nb = nbformat.v4.new_notebook(
+        cells=[
+            code("import torch\nfrom torch import nn", "setup"),
+            code("def train_model(m):\n    return m", "answer", locked=False, solution=True),
+            code("def helper(n):\n    return nn.Linear(n, n)", "helpers"),
+            code("model = nn.Linear(2, 2)\nlosses = train_model(model)", "training"),  # the student's train_model
+            code(
+                "assert helper(2)(torch.ones(2)).shape == (2,)\nassert len(losses) == 2", "test", grade=True, points=1
+            ),
+            code("%matplotlib inline\nx = (", "broken"),
+        ]
+    )
     got = grader_cells(nb, cell_plan(nb)[0])
     assert [c["index"] for c in got] == [0, 2, 4]
     assert [c["kind"] for c in got] == ["locked", "locked", "graded"]
@@ -481,8 +572,13 @@ def test_two_process_grading_is_chosen_on_the_command_line_or_in_the_course(tmp_
 
     from segutils.grading.cli import add_grade_parser
     from segutils.grading.preprocessors import SandboxedExecute
-    from segutils.grading.runner import (TWO_PROCESS_DEFAULT, GradingOptions, load_course_config, nbgrader_config,
-                                         resolve_two_process)
+    from segutils.grading.runner import (
+        TWO_PROCESS_DEFAULT,
+        GradingOptions,
+        load_course_config,
+        nbgrader_config,
+        resolve_two_process,
+    )
 
     config = tmp_path / "nbgrader_config.py"
     config.write_text("c = get_config()\n")
@@ -526,19 +622,25 @@ def test_the_batch_resolves_the_mode_once_and_reports_it(tmp_path, monkeypatch):
     monkeypatch.setattr(batch, "_grade_with", lambda pool, options, **kw: seen.append(options.two_process))
     monkeypatch.setattr(pool, "LocalPool", lambda *a, **k: type("NoPool", (), {"close": lambda self: None})())
     config = tmp_path / "nbgrader_config.py"
-    for course_line, chosen, expected in [("", None, TWO_PROCESS_DEFAULT), ("", True, True), ("", False, False),
-                                          ("c.SandboxedExecute.two_process = True", None, True),
-                                          ("c.SandboxedExecute.two_process = True", False, False),
-                                          ("c.SandboxedExecute.two_process = False", None, False)]:
+    for course_line, chosen, expected in [
+        ("", None, TWO_PROCESS_DEFAULT),
+        ("", True, True),
+        ("", False, False),
+        ("c.SandboxedExecute.two_process = True", None, True),
+        ("c.SandboxedExecute.two_process = True", False, False),
+        ("c.SandboxedExecute.two_process = False", None, False),
+    ]:
         config.write_text(f"c = get_config()\n{course_line}\n")
-        batch.grade_assignment(batch.BatchOptions(assignment="mini", course=tmp_path, two_process=chosen,
-                                                  sandbox=False, progress=False))
+        batch.grade_assignment(
+            batch.BatchOptions(assignment="mini", course=tmp_path, two_process=chosen, sandbox=False, progress=False)
+        )
         assert seen[-1] is expected, (course_line, chosen)
     config.write_text("c = get_config()\nc.SandboxedExecute.two_process = 1\n")
     with pytest.raises(batch.GradingError, match="SandboxedExecute.two_process"):
         batch.grade_assignment(batch.BatchOptions(assignment="mini", course=tmp_path, sandbox=False, progress=False))
     assert batch._note_meta(batch.BatchOptions(assignment="a", two_process=True), [], False)[1].startswith(
-        "tests: in a grader process")
+        "tests: in a grader process"
+    )
     assert "in-process" in batch._note_meta(batch.BatchOptions(assignment="a", two_process=False), [], False)[1]
 
 
@@ -569,8 +671,11 @@ def test_the_grader_namespace_reads_the_students_names_lazily():
     with student({"losses": [1.0, 0.5], "tuple": "shadowed"}) as lookup:
         ns.endpoint = lookup.endpoint
         ns["mine"] = 1
-        exec("assert 'losses' in globals() and len(losses) == 2\nassert tuple([1]) == (1,)\n"
-             "assert 'nope' not in globals()", ns)  # noqa: S102
+        exec(
+            "assert 'losses' in globals() and len(losses) == 2\nassert tuple([1]) == (1,)\n"
+            "assert 'nope' not in globals()",
+            ns,
+        )  # noqa: S102
         assert "losses" in ns.fetched
         ns.forget_fetched()
         assert dict.get(ns, "losses") is None and ns["mine"] == 1
@@ -622,12 +727,18 @@ def _graded_notebook():
         meta = {"grade_id": gid, "locked": True, "grade": False, "solution": False, "schema_version": 3, **flags}
         return nbformat.v4.new_code_cell(source, metadata={"nbgrader": meta})
 
-    return nbformat.v4.new_notebook(cells=[
-        code("def double(t):\n    return t * 2", "double", locked=False, solution=True),
-        code("testing.assert_vectorized(double, torch.ones(3))", "test_vec", grade=True, points=1),
-        code("assert double(1) == 2\n### BEGIN HIDDEN TESTS\nassert double(2) == 4\n### END HIDDEN TESTS",
-             "test_value", grade=True, points=1),
-    ])
+    return nbformat.v4.new_notebook(
+        cells=[
+            code("def double(t):\n    return t * 2", "double", locked=False, solution=True),
+            code("testing.assert_vectorized(double, torch.ones(3))", "test_vec", grade=True, points=1),
+            code(
+                "assert double(1) == 2\n### BEGIN HIDDEN TESTS\nassert double(2) == 4\n### END HIDDEN TESTS",
+                "test_value",
+                grade=True,
+                points=1,
+            ),
+        ]
+    )
 
 
 @pytest.mark.parametrize("measured", [["assert_vectorized"], []])
@@ -642,8 +753,10 @@ def test_points_measured_in_the_student_process_are_marked_in_the_notebook_and_t
 
     nb = _graded_notebook()
     plan = cell_plan(nb)[0]
-    records = {1: {"type": "cell", "index": 1, "status": "ok", "outputs": [], "measured": measured},
-               2: {"type": "cell", "index": 2, "status": "ok", "outputs": [], "measured": []}}
+    records = {
+        1: {"type": "cell", "index": 1, "status": "ok", "outputs": [], "measured": measured},
+        2: {"type": "cell", "index": 2, "status": "ok", "outputs": [], "measured": []},
+    }
     info = {"notes": [], "cells": {}}
     SandboxedExecute()._apply(nb, plan, records, {"seconds": 1.0}, "", sandbox.Limits(), info)
 
@@ -664,10 +777,20 @@ def test_the_report_lists_points_measured_in_the_student_process(tmp_path):
 
     def result(student, measured):
         cell = {"score": 1.0, "max_score": 1.0, "ename": "", "evalue": ""}
-        return {"student": student, "status": "graded", "message": "", "score": 2.0, "max_score": 2.0,
-                "seconds": 2.0, "exec_seconds": 1.0, "notes": [],
-                "cells": {"test_vec": {**cell, **({"measured_in_student": measured} if measured else {})},
-                          "test_value": dict(cell)}}
+        return {
+            "student": student,
+            "status": "graded",
+            "message": "",
+            "score": 2.0,
+            "max_score": 2.0,
+            "seconds": 2.0,
+            "exec_seconds": 1.0,
+            "notes": [],
+            "cells": {
+                "test_vec": {**cell, **({"measured_in_student": measured} if measured else {})},
+                "test_value": dict(cell),
+            },
+        }
 
     results = [result("alice", ["assert_vectorized", "count_ops"]), result("bob", ["count_ops"])]
     summary = report.summarize(results)

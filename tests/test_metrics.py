@@ -1,4 +1,5 @@
 """Tests of segutils.metrics against torchmetrics, PyTorch ops and hand-worked cases."""
+
 from __future__ import annotations
 
 import math
@@ -398,7 +399,7 @@ def _brute_band(target: torch.Tensor, width: int, ignore: int) -> torch.Tensor:
     for k in range(n):
         for i in range(h):
             for j in range(w):
-                window = target[k, max(i - width, 0):i + width + 1, max(j - width, 0):j + width + 1]
+                window = target[k, max(i - width, 0) : i + width + 1, max(j - width, 0) : j + width + 1]
                 out[k, i, j] = bool((window != target[k, i, j]).any()) and target[k, i, j] != ignore
     return out
 

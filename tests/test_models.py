@@ -1,4 +1,5 @@
 """Tests of segutils.models: shapes for any size, equivalences, devices, gradients, errors."""
+
 from __future__ import annotations
 
 import math
@@ -44,8 +45,14 @@ SPEC_IDS = [name + "".join(f"-{k}={v}" for k, v in kwargs.items()) for name, kwa
 
 def small(name: str, **kwargs) -> nn.Module:
     """A narrow version of model ``name`` (3 -> 5 classes) for fast tests."""
-    width = {"patch": {"hidden": (8,), "patch_size": 5}, "patch_cnn": {"width": 4, "dilations": (1, 2)}, "plain": {"channels": 8}, "dilated": {"channels": 8},
-             "fcn": {"base_channels": 4}, "unet": {"base_channels": 4}}[name]
+    width = {
+        "patch": {"hidden": (8,), "patch_size": 5},
+        "patch_cnn": {"width": 4, "dilations": (1, 2)},
+        "plain": {"channels": 8},
+        "dilated": {"channels": 8},
+        "fcn": {"base_channels": 4},
+        "unet": {"base_channels": 4},
+    }[name]
     torch.manual_seed(0)
     return build_model(name, 3, 5, **{**width, **kwargs})
 
@@ -64,8 +71,14 @@ def test_output_shape_any_size(name, kwargs, size):
 
 def test_build_model_names_and_kwargs():
     assert set(MODEL_NAMES) == {"patch", "patch_cnn", "plain", "dilated", "fcn", "unet"}
-    classes = {"patch": ConvPatchClassifier, "patch_cnn": ConvPatchClassifier, "plain": PlainFCN, "dilated": DilatedFCN, "fcn": EncoderDecoderFCN,
-               "unet": UNet}
+    classes = {
+        "patch": ConvPatchClassifier,
+        "patch_cnn": ConvPatchClassifier,
+        "plain": PlainFCN,
+        "dilated": DilatedFCN,
+        "fcn": EncoderDecoderFCN,
+        "unet": UNet,
+    }
     for name in MODEL_NAMES:
         model = build_model(name)
         assert isinstance(model, classes[name])
@@ -219,8 +232,9 @@ def test_sliding_window_matches_naive_loop(patch_size):
     with torch.no_grad():
         expected = _naive_sliding_window(classifier, images)
         torch.testing.assert_close(sliding_window_logits(classifier, images), expected, atol=1e-6, rtol=1e-6)
-        torch.testing.assert_close(sliding_window_logits(classifier, images, chunk_size=4), expected,
-                                   atol=1e-6, rtol=1e-6)
+        torch.testing.assert_close(
+            sliding_window_logits(classifier, images, chunk_size=4), expected, atol=1e-6, rtol=1e-6
+        )
 
 
 @pytest.mark.parametrize("hidden", [(), (16,), (32, 16)], ids=str)
@@ -252,7 +266,10 @@ def test_convolutionalize_structure_and_copies():
     conv = convolutionalize(classifier)
     convs = [m for m in conv.layers if isinstance(m, nn.Conv2d)]
     assert [(c.kernel_size, c.padding, c.in_channels, c.out_channels) for c in convs] == [
-        ((7, 7), (3, 3), 3, 16), ((1, 1), (0, 0), 16, 8), ((1, 1), (0, 0), 8, 5)]
+        ((7, 7), (3, 3), 3, 16),
+        ((1, 1), (0, 0), 16, 8),
+        ((1, 1), (0, 0), 8, 5),
+    ]
     assert not any(isinstance(m, nn.Linear) for m in conv.modules())
     assert count_parameters(conv) == count_parameters(classifier)
     with torch.no_grad():
@@ -309,8 +326,9 @@ def test_patch_cnn_has_no_padding_inside_the_window():
     assert count_parameters(conv) == count_parameters(cnn)
 
 
-@pytest.mark.parametrize("model", [PatchClassifier(3, 5, 7, hidden=(8, 4)), PatchCNN(3, 5, width=4, dilations=(1, 3))],
-                         ids=["mlp", "cnn"])
+@pytest.mark.parametrize(
+    "model", [PatchClassifier(3, 5, 7, hidden=(8, 4)), PatchCNN(3, 5, width=4, dilations=(1, 3))], ids=["mlp", "cnn"]
+)
 def test_window_classifier_inverts_convolutionalize(model):
     torch.manual_seed(5)
     conv = convolutionalize(model).eval()
@@ -319,8 +337,9 @@ def test_window_classifier_inverts_convolutionalize(model):
     images = torch.randn(2, 3, 10, 12)
     with torch.no_grad():
         torch.testing.assert_close(sliding_window_logits(back, images), conv(images), atol=1e-5, rtol=1e-5)
-        torch.testing.assert_close(sliding_window_logits(back, images), sliding_window_logits(model.eval(), images),
-                                   atol=1e-6, rtol=1e-6)
+        torch.testing.assert_close(
+            sliding_window_logits(back, images), sliding_window_logits(model.eval(), images), atol=1e-6, rtol=1e-6
+        )
     with pytest.raises(TypeError, match="window_classifier expects a ConvPatchClassifier, got PlainFCN"):
         window_classifier(PlainFCN(3, 5))
 
@@ -360,8 +379,9 @@ def test_bilinear_kernel_hand_values():
 def test_bilinear_transposed_conv_equals_interpolate_in_interior(scale):
     channels = 2
     kernel = 2 * scale - scale % 2
-    up = nn.ConvTranspose2d(channels, channels, kernel, stride=scale, padding=math.ceil((scale - 1) / 2),
-                            bias=False, dtype=torch.float64)
+    up = nn.ConvTranspose2d(
+        channels, channels, kernel, stride=scale, padding=math.ceil((scale - 1) / 2), bias=False, dtype=torch.float64
+    )
     with torch.no_grad():
         up.weight.copy_(bilinear_kernel(channels, scale, dtype=torch.float64))
         x = torch.randn(2, channels, 9, 11, dtype=torch.float64)
@@ -384,8 +404,9 @@ def test_encoder_decoder_transposed_layers_start_bilinear():
     for up in ups:
         assert up.stride == (2, 2) and up.kernel_size == (4, 4)
         torch.testing.assert_close(up.weight, bilinear_kernel(5, 2))
-    (single,) = [m for m in EncoderDecoderFCN(3, 5, depth=3, skips=False).modules()
-                 if isinstance(m, nn.ConvTranspose2d)]
+    (single,) = [
+        m for m in EncoderDecoderFCN(3, 5, depth=3, skips=False).modules() if isinstance(m, nn.ConvTranspose2d)
+    ]
     assert single.stride == (8, 8) and single.kernel_size == (16, 16)
     assert not any(isinstance(m, nn.ConvTranspose2d) for m in EncoderDecoderFCN(3, 5, upsample="bilinear").modules())
 

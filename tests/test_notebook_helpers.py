@@ -1,4 +1,5 @@
 """segutils.notebook: the chapters' shared measurement and display helpers, against independent references."""
+
 import base64
 import io
 import time
@@ -13,8 +14,16 @@ import torch
 from scipy import ndimage
 from torch import nn
 
-from segutils.notebook import (connected_components, flops, html_table, peak_forward_bytes, png_base64, seconds,
-                               show, training_cost)
+from segutils.notebook import (
+    connected_components,
+    flops,
+    html_table,
+    peak_forward_bytes,
+    png_base64,
+    seconds,
+    show,
+    training_cost,
+)
 
 
 def test_seconds_is_at_least_the_sleep_it_times():
@@ -32,8 +41,8 @@ def test_seconds_rejects_what_it_cannot_time():
 def test_flops_counts_two_per_multiply_add_of_a_convolution():
     conv = nn.Conv2d(3, 5, 3, padding=1, bias=False)
     x = torch.rand(2, 3, 8, 10)
-    assert flops(lambda: conv(x)) == 2 * (2 * 8 * 10) * 5 * (3 * 3 * 3)       # outputs x taps per output
-    assert flops(lambda: x + 1) == 0                                           # elementwise work is not counted
+    assert flops(lambda: conv(x)) == 2 * (2 * 8 * 10) * 5 * (3 * 3 * 3)  # outputs x taps per output
+    assert flops(lambda: x + 1) == 0  # elementwise work is not counted
 
 
 def test_training_cost_counts_the_tensors_autograd_keeps():
@@ -46,9 +55,9 @@ def test_training_cost_counts_the_tensors_autograd_keeps():
     saved, ops = training_cost(conv, x, y)
     assert saved == by_hand
     with_relu, _ = training_cost(nn.Sequential(nn.Conv2d(3, 5, 1, bias=False), nn.ReLU()), x, y)
-    assert with_relu == by_hand + 2 * 5 * 4 * 6 * 4                            # plus the ReLU's output
+    assert with_relu == by_hand + 2 * 5 * 4 * 6 * 4  # plus the ReLU's output
     forward = 2 * (2 * 4 * 6) * 5 * 3
-    assert ops == 2 * forward                    # backward: gradient of the weight only (x needs none)
+    assert ops == 2 * forward  # backward: gradient of the weight only (x needs none)
     assert conv.weight.grad is None
     with pytest.raises(ValueError, match=r"\(N, H, W\)"):
         training_cost(conv, x, y[0])
@@ -74,7 +83,7 @@ def test_connected_components_agrees_with_scipy():
         assert ((ours > 0) == region[i]).all()
         assert len(ours.unique()) - 1 == count > 1
         pairs = {(a, b) for a, b in zip(ours.flatten().tolist(), reference.flatten().tolist())}
-        assert len(pairs) == count + 1           # one-to-one between our ids and scipy's labels (and 0)
+        assert len(pairs) == count + 1  # one-to-one between our ids and scipy's labels (and 0)
     with pytest.raises(ValueError, match="bool"):
         connected_components(region.float())
 
@@ -89,7 +98,7 @@ def test_png_base64_is_a_png_of_the_figure_size():
     tight.text(0.5, 0.5, "x")
     data = base64.b64decode(png_base64(tight, dpi=50, bbox_inches="tight"))
     height, width = plt.imread(io.BytesIO(data)).shape[:2]
-    assert height < 50 and width < 100                               # cropped to the text
+    assert height < 50 and width < 100  # cropped to the text
 
 
 def test_show_puts_channels_last_and_clamps():

@@ -6,6 +6,7 @@ No test downloads anything: "pretrained" weights here are randomly initialised s
 right architectures, written where the loader looks (a temporary ``$TORCH_HOME``); the numbers they
 give are meaningless and never asserted.
 """
+
 from __future__ import annotations
 
 import os
@@ -54,9 +55,11 @@ def write_tiny_voc(root: Path, count: int = 3, size: tuple[int, int] = (40, 32))
     ids = [f"2007_{i:06d}" for i in range(count)]
     width, height = size
     for i, name in enumerate(ids):
-        Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)).save(base / "JPEGImages" / f"{name}.jpg")
+        Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)).save(
+            base / "JPEGImages" / f"{name}.jpg"
+        )
         mask = np.zeros((height, width), dtype=np.uint8)
-        mask[height // 4: 3 * height // 4, width // 4: 3 * width // 4] = 15 if i % 2 == 0 else 8
+        mask[height // 4 : 3 * height // 4, width // 4 : 3 * width // 4] = 15 if i % 2 == 0 else 8
         mask[height // 4, :] = 255
         label = Image.fromarray(mask, mode="P")
         label.putpalette([0, 0, 0] * 256)
@@ -80,8 +83,13 @@ def empty_home(tmp_path, monkeypatch) -> Path:
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "segutils", *args], capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **(env or {})})
+    return subprocess.run(
+        [sys.executable, "-m", "segutils", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
 
 
 # ---------------------------------------------------------------- where the weights are, and loading them
@@ -174,7 +182,10 @@ def test_weights_with_other_shapes_are_rejected(empty_home):
     path = pretrained.checkpoint_path("fcn_resnet50")
     path.parent.mkdir(parents=True)
     torch.save(pretrained.build_architecture("fcn_resnet50", num_classes=5).state_dict(), path)
-    with pytest.raises(pretrained.WeightsFileError, match=r"wrong shape \(e.g. classifier.4.weight \(5, 512, 1, 1\) instead of \(21, 512, 1, 1\)"):
+    with pytest.raises(
+        pretrained.WeightsFileError,
+        match=r"wrong shape \(e.g. classifier.4.weight \(5, 512, 1, 1\) instead of \(21, 512, 1, 1\)",
+    ):
         pretrained.load_pretrained("fcn_resnet50")
 
 
@@ -230,10 +241,19 @@ def test_stage_strides_show_dilation_replacing_stride():
     model = pretrained.build_architecture("fcn_resnet50")
     stages = {s.stage: s for s in arch.stage_strides("fcn_resnet50", model)}
     # torchvision builds the backbone with replace_stride_with_dilation=[False, True, True].
-    assert [(stages[n].classifier_stride, stages[n].stride) for n in ("layer2", "layer3", "layer4")] == [(8, 8), (16, 8), (32, 8)]
+    assert [(stages[n].classifier_stride, stages[n].stride) for n in ("layer2", "layer3", "layer4")] == [
+        (8, 8),
+        (16, 8),
+        (32, 8),
+    ]
     assert max(stages["layer3"].dilations) == 2 and max(stages["layer4"].dilations) == 4
     assert arch.output_stride(model) == 8
-    lraspp = {s.stage: s for s in arch.stage_strides("lraspp_mobilenet_v3_large", pretrained.build_architecture("lraspp_mobilenet_v3_large"))}
+    lraspp = {
+        s.stage: s
+        for s in arch.stage_strides(
+            "lraspp_mobilenet_v3_large", pretrained.build_architecture("lraspp_mobilenet_v3_large")
+        )
+    }
     assert max(s.stride for s in lraspp.values()) == 16 and max(s.classifier_stride for s in lraspp.values()) == 32
 
 
@@ -254,7 +274,9 @@ def test_receptive_field_of_agrees_with_the_gradients(dilated):
 
     torch.manual_seed(0)
     backbone = resnet50(weights=None, replace_stride_with_dilation=[dilated, False, False])
-    truncated = torch.nn.Sequential(*[getattr(backbone, n) for n in ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2")])
+    truncated = torch.nn.Sequential(
+        *[getattr(backbone, n) for n in ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2")]
+    )
     analytic = arch.receptive_field_of(truncated)
     assert analytic.global_pools == []
     assert analytic.local == empirical_receptive_field(truncated, size=161, samples=4)
@@ -286,7 +308,7 @@ def test_busiest_box_finds_the_dense_corner():
     changed = torch.zeros(64, 64, dtype=torch.bool)
     changed[40:56, 44:60] = True
     top, left, height, width = arch.busiest_box(changed, 16)
-    assert (height, width) == (16, 16) and changed[top:top + 16, left:left + 16].sum() >= 0.75 * 256
+    assert (height, width) == (16, 16) and changed[top : top + 16, left : left + 16].sum() >= 0.75 * 256
 
 
 # ---------------------------------------------------------------- photographs
@@ -295,8 +317,12 @@ def test_busiest_box_finds_the_dense_corner():
 def test_photographs_load_from_scikit_images_files():
     import skimage.data
 
-    references = {"astronaut": skimage.data.astronaut(), "chelsea": skimage.data.chelsea(), "coffee": skimage.data.coffee(),
-                  "camera": np.repeat(skimage.data.camera()[..., None], 3, axis=2)}  # greyscale, read as RGB
+    references = {
+        "astronaut": skimage.data.astronaut(),
+        "chelsea": skimage.data.chelsea(),
+        "coffee": skimage.data.coffee(),
+        "camera": np.repeat(skimage.data.camera()[..., None], 3, axis=2),
+    }  # greyscale, read as RGB
     assert set(PHOTOS) == set(references)
     for name, reference in references.items():
         photo = load_photo(name)
@@ -319,8 +345,13 @@ def test_read_image_refuses_what_is_no_image(tmp_path):
 def test_weights_fetch_without_network_fails_clearly(tmp_path):
     # An unreachable local proxy stands for "no network", whatever this machine can reach.
     proxy = "http://127.0.0.1:9"
-    result = run_cli("weights", "fetch", "lraspp_mobilenet_v3_large", "--quiet",
-                     env={"TORCH_HOME": str(tmp_path), "https_proxy": proxy, "HTTPS_PROXY": proxy, "no_proxy": "", "NO_PROXY": ""})
+    result = run_cli(
+        "weights",
+        "fetch",
+        "lraspp_mobilenet_v3_large",
+        "--quiet",
+        env={"TORCH_HOME": str(tmp_path), "https_proxy": proxy, "HTTPS_PROXY": proxy, "no_proxy": "", "NO_PROXY": ""},
+    )
     assert result.returncode == 1, result.stderr
     assert "segutils weights fetch: error: could not download the weights of lraspp_mobilenet_v3_large" in result.stderr
     assert "Traceback" not in result.stderr
@@ -337,8 +368,13 @@ def test_weights_list_and_unknown_model(tmp_path):
 def test_segment_without_weights_names_the_fetch_command(tmp_path):
     import skimage.data
 
-    result = run_cli("segment", str(Path(skimage.data.data_dir) / "chelsea.png"), "--out", str(tmp_path / "o.png"),
-                     env={"TORCH_HOME": str(tmp_path)})
+    result = run_cli(
+        "segment",
+        str(Path(skimage.data.data_dir) / "chelsea.png"),
+        "--out",
+        str(tmp_path / "o.png"),
+        env={"TORCH_HOME": str(tmp_path)},
+    )
     assert result.returncode == 1 and "segutils weights fetch fcn_resnet50" in result.stderr
     assert "Traceback" not in result.stderr and not (tmp_path / "o.png").exists()
 
@@ -348,8 +384,17 @@ def test_segment_writes_an_overlay_of_the_photographs_size(weights_home, tmp_pat
 
     photo = Path(skimage.data.data_dir) / "chelsea.png"
     out = tmp_path / "overlay.png"
-    result = run_cli("segment", str(photo), "--model", "lraspp_mobilenet_v3_large", "--out", str(out), "--device", "cpu",
-                     env={"TORCH_HOME": str(weights_home)})
+    result = run_cli(
+        "segment",
+        str(photo),
+        "--model",
+        "lraspp_mobilenet_v3_large",
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+        env={"TORCH_HOME": str(weights_home)},
+    )
     assert result.returncode == 0, result.stderr
     assert "segmented in" in result.stdout and "wrote" in result.stdout
     with Image.open(out) as written, Image.open(photo) as original:
@@ -371,9 +416,27 @@ def test_voc_training_data_from_a_tiny_devkit(tmp_path):
 def test_train_on_voc_from_the_command_line(tmp_path):
     root = write_tiny_voc(tmp_path / "voc")
     checkpoint = tmp_path / "plain.pt"
-    result = run_cli("train", "--data", "voc", "--voc-root", str(root), "--model", "plain", "--epochs", "1",
-                     "--image-size", "24", "--batch-size", "2", "--workers", "0", "--device", "cpu",
-                     "--checkpoint", str(checkpoint))
+    result = run_cli(
+        "train",
+        "--data",
+        "voc",
+        "--voc-root",
+        str(root),
+        "--model",
+        "plain",
+        "--epochs",
+        "1",
+        "--image-size",
+        "24",
+        "--batch-size",
+        "2",
+        "--workers",
+        "0",
+        "--device",
+        "cpu",
+        "--checkpoint",
+        str(checkpoint),
+    )
     assert result.returncode == 0, result.stderr
     assert '"val_mean_iou"' in result.stdout
     state = torch.load(checkpoint, weights_only=True)["model"]
@@ -383,9 +446,26 @@ def test_train_on_voc_from_the_command_line(tmp_path):
 @pytest.mark.slow
 def test_fine_tune_a_pretrained_network_on_voc(weights_home, tmp_path):
     root = write_tiny_voc(tmp_path / "voc", count=2)
-    result = run_cli("train", "--data", "voc", "--voc-root", str(root), "--model", "lraspp_mobilenet_v3_large",
-                     "--epochs", "1", "--image-size", "32", "--batch-size", "2", "--workers", "0", "--device", "cpu",
-                     env={"TORCH_HOME": str(weights_home)})
+    result = run_cli(
+        "train",
+        "--data",
+        "voc",
+        "--voc-root",
+        str(root),
+        "--model",
+        "lraspp_mobilenet_v3_large",
+        "--epochs",
+        "1",
+        "--image-size",
+        "32",
+        "--batch-size",
+        "2",
+        "--workers",
+        "0",
+        "--device",
+        "cpu",
+        env={"TORCH_HOME": str(weights_home)},
+    )
     assert result.returncode == 0, result.stderr
     assert "training lraspp_mobilenet_v3_large" in result.stdout and '"val_mean_iou"' in result.stdout
 

@@ -4,13 +4,13 @@ a temporary ``$TORCH_HOME``, plus a tiny PASCAL VOC folder, so that every predic
 the numbers are meaningless and not asserted). The book build (tests/test_book.py) executes the chapter as the
 machine has it; tests/test_site.py checks its page in a browser.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
 
 import nbformat
 import pytest
-
 from conftest import ROOT
 from test_pretrained import weights_home, write_tiny_voc  # noqa: F401  (weights_home is a fixture)
 
@@ -23,13 +23,20 @@ def execute_chapter(monkeypatch, torch_home: Path, voc_root: Path | None = None)
     monkeypatch.setenv("TORCH_HOME", str(torch_home))  # the kernel inherits the environment
     monkeypatch.setenv("SEGUTILS_VOC_ROOT", str(voc_root or torch_home / "no-voc-here"))
     notebook = nbformat.read(CHAPTER, as_version=4)
-    NotebookClient(notebook, timeout=900, kernel_name="python3", resources={"metadata": {"path": str(CHAPTER.parent)}}).execute()
+    NotebookClient(
+        notebook, timeout=900, kernel_name="python3", resources={"metadata": {"path": str(CHAPTER.parent)}}
+    ).execute()
     return notebook
 
 
 def outputs(notebook: nbformat.NotebookNode, mime: str) -> list[str]:
-    return [o["data"][mime] for cell in notebook.cells if cell.cell_type == "code"
-            for o in cell.get("outputs", []) if mime in o.get("data", {})]
+    return [
+        o["data"][mime]
+        for cell in notebook.cells
+        if cell.cell_type == "code"
+        for o in cell.get("outputs", [])
+        if mime in o.get("data", {})
+    ]
 
 
 @pytest.mark.slow

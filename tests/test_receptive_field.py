@@ -1,4 +1,5 @@
 """Tests of segutils.receptive_field: the analytic formula against gradients and hand counts."""
+
 from __future__ import annotations
 
 import warnings
@@ -59,8 +60,12 @@ def test_convolutionalized_patch_classifier_sees_its_patch(patch_size):
 def test_strided_stack_analytic_equals_empirical():
     # average pooling spreads the gradient over its whole window (max pooling would not)
     model = nn.Sequential(
-        nn.Conv2d(2, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1), nn.ReLU(),
-        nn.AvgPool2d(2), nn.Conv2d(4, 3, 3, padding=1),
+        nn.Conv2d(2, 4, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(4, 4, 3, padding=1),
+        nn.ReLU(),
+        nn.AvgPool2d(2),
+        nn.Conv2d(4, 3, 3, padding=1),
     )
     assert receptive_field(model) == 10
     assert empirical_receptive_field(model, in_channels=2, size=32) == 10
@@ -90,8 +95,11 @@ def test_encoder_decoders_need_the_empirical_route():
     # -> +8+8 = 32 -> pool 36 -> bottom/bottleneck convs at stride 8: +16+16 = 68
     encoder = [(3, 1, 1), (3, 1, 1), (2, 2, 1)] * 3 + [(3, 1, 1), (3, 1, 1)]
     assert receptive_field(encoder) == 68
-    for model in (UNet(3, 5, base_channels=4, depth=3), EncoderDecoderFCN(3, 5, base_channels=4, depth=3),
-                  EncoderDecoderFCN(3, 5, base_channels=4, upsample="bilinear", skips=False)):
+    for model in (
+        UNet(3, 5, base_channels=4, depth=3),
+        EncoderDecoderFCN(3, 5, base_channels=4, depth=3),
+        EncoderDecoderFCN(3, 5, base_channels=4, upsample="bilinear", skips=False),
+    ):
         with pytest.raises(NotImplementedError, match="several paths.*empirical_receptive_field"):
             receptive_field(model)
         with warnings.catch_warnings():

@@ -11,6 +11,7 @@ Needs Debian's ``chromium`` package and the pip packages ``playwright``,
 ``pytest-playwright`` and ``axe-playwright-python`` (never ``playwright install``: it
 downloads a browser). The module is skipped when no chromium executable is found.
 """
+
 from __future__ import annotations
 
 import functools
@@ -26,7 +27,6 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 import pytest
-
 from conftest import BOOK_GROUP, ROOT, BookBuild
 from test_book import toc_files
 
@@ -101,7 +101,9 @@ def open_page(page, site: str, path: str) -> Visit:
             r.abort()
 
     page.route("**/*", route)
-    page.on("console", lambda m: m.type == "error" and visit.console_errors.append(f"{m.text} ({m.location.get('url')})"))
+    page.on(
+        "console", lambda m: m.type == "error" and visit.console_errors.append(f"{m.text} ({m.location.get('url')})")
+    )
     page.on("pageerror", lambda e: visit.console_errors.append(f"page error: {e}"))
     page.on("response", lambda r: r.status >= 400 and visit.failed.append(f"HTTP {r.status} {r.url}"))
     page.on(
@@ -110,7 +112,9 @@ def open_page(page, site: str, path: str) -> Visit:
     )
     page.goto(site + path, wait_until="networkidle")
     # MathJax 3 typesets asynchronously once loaded; startup.promise settles when it is done.
-    page.wait_for_function("() => !document.querySelector('.math') || (window.MathJax && MathJax.startup && MathJax.startup.promise)")
+    page.wait_for_function(
+        "() => !document.querySelector('.math') || (window.MathJax && MathJax.startup && MathJax.startup.promise)"
+    )
     page.evaluate("() => window.MathJax && MathJax.startup && MathJax.startup.promise.then(() => true)")
     # The widget manager renders each saved view into a div.widget-subarea it inserts before the view's <script>.
     page.wait_for_function(

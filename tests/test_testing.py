@@ -4,6 +4,7 @@ References are independent of the code under test: torch.testing.assert_close fo
 element-by-element Python loops for the reported errors, a separate dispatch-mode counter for
 operator counts, and PyTorch's built-ins for the values of the from-scratch implementations.
 """
+
 from __future__ import annotations
 
 import collections
@@ -61,7 +62,7 @@ def conv2d_pixel_loop(x, weight, bias=None, padding=0, dilation=1):
     out = x.new_zeros(x.shape[0], o, out_h, out_w)
     for i in range(out_h):
         for j in range(out_w):
-            window = x[:, :, i:i + dilation * (kh - 1) + 1:dilation, j:j + dilation * (kw - 1) + 1:dilation]
+            window = x[:, :, i : i + dilation * (kh - 1) + 1 : dilation, j : j + dilation * (kw - 1) + 1 : dilation]
             out[:, :, i, j] = window.flatten(1) @ weight.flatten(1).T
     return out
 
@@ -72,7 +73,7 @@ def conv2d_row_loop(x, weight, bias=None, padding=0, dilation=1):
     x = F.pad(x, (padding,) * 4)
     rows = []
     for i in range(x.shape[2] - dilation * (kh - 1)):
-        band = x[:, :, i:i + dilation * (kh - 1) + 1]
+        band = x[:, :, i : i + dilation * (kh - 1) + 1]
         rows.append(weight.flatten(1) @ F.unfold(band, (kh, kw), dilation=dilation))
     return torch.stack(rows, dim=2)
 
@@ -217,19 +218,26 @@ def test_assert_close_reports_nan_and_inf_positions():
     expected = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])
     actual = expected.clone()
     actual[1, 2] = float("nan")
-    with pytest.raises(AssertionError, match=re.escape(
+    with pytest.raises(
+        AssertionError,
+        match=re.escape(
             "output has NaN in the wrong places: 1 of 6 elements differ there; the first is at index (1, 2), "
-            "where output is nan and the expected value is 6")):
+            "where output is nan and the expected value is 6"
+        ),
+    ):
         testing.assert_close(actual, expected)
-    with pytest.raises(AssertionError, match=re.escape("the first is at index (1, 2), where output is 6 and the "
-                                                       "expected value is nan")):
+    with pytest.raises(
+        AssertionError, match=re.escape("the first is at index (1, 2), where output is 6 and the expected value is nan")
+    ):
         testing.assert_close(expected, actual)
     flipped = expected.clone()
     flipped[0, 1] = -float("inf")
     wanted = expected.clone()
     wanted[0, 1] = float("inf")
-    with pytest.raises(AssertionError, match=re.escape("+inf in the wrong places: 1 of 6 elements differ there; "
-                                                       "the first is at index (0, 1)")):
+    with pytest.raises(
+        AssertionError,
+        match=re.escape("+inf in the wrong places: 1 of 6 elements differ there; the first is at index (0, 1)"),
+    ):
         testing.assert_close(flipped, wanted)
 
 
@@ -260,17 +268,25 @@ def test_assert_close_reports_count_max_error_and_where(seed):
     text = str(failure.value)
     assert text.startswith(f"images (2, 3, 4, 5): logits does not match the expected values: {count} of 120 elements")
     assert f"(rtol={rtol:g}, atol={atol:g})" in text
-    assert (f"the largest absolute difference is {worst:.3g} at index {at} (logits {float(actual[at]):.6g}, "
-            f"expected {float(expected[at]):.6g})") in text
+    assert (
+        f"the largest absolute difference is {worst:.3g} at index {at} (logits {float(actual[at]):.6g}, "
+        f"expected {float(expected[at]):.6g})"
+    ) in text
     assert f"the largest relative difference is {worst_rel:.3g}" in text
 
 
 def test_assert_close_of_0_dim_tensors_gives_no_index():
-    with pytest.raises(AssertionError, match=re.escape(
+    with pytest.raises(
+        AssertionError,
+        match=re.escape(
             "loss does not match the expected values: 1 of 1 elements differ by more than the tolerance "
             "(rtol=1e-07, atol=1e-07); the largest absolute difference is 0.5 (loss 1.5, expected 1); "
-            "the largest relative difference is 0.5")):
-        testing.assert_close(torch.tensor(1.5, dtype=torch.float64), torch.tensor(1.0, dtype=torch.float64), name="loss")
+            "the largest relative difference is 0.5"
+        ),
+    ):
+        testing.assert_close(
+            torch.tensor(1.5, dtype=torch.float64), torch.tensor(1.0, dtype=torch.float64), name="loss"
+        )
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
@@ -301,12 +317,18 @@ def test_assert_close_explicit_tolerances_bound_the_error():
 
 
 def test_assert_close_compares_integers_and_bools_exactly():
-    with pytest.raises(AssertionError, match=re.escape(
+    with pytest.raises(
+        AssertionError,
+        match=re.escape(
             "labels does not match the expected values exactly: 2 of 4 elements differ; the first is at index (0, 1) "
-            "(labels 2, expected 1); the largest absolute difference is 7 at index (1, 1)")):
+            "(labels 2, expected 1); the largest absolute difference is 7 at index (1, 1)"
+        ),
+    ):
         testing.assert_close(torch.tensor([[0, 2], [3, 9]]), torch.tensor([[0, 1], [3, 2]]), name="labels", atol=100)
-    with pytest.raises(AssertionError, match=re.escape(
-            "1 of 3 elements differ; the first is at index (2,) (output False, expected True)") + "$"):
+    with pytest.raises(
+        AssertionError,
+        match=re.escape("1 of 3 elements differ; the first is at index (2,) (output False, expected True)") + "$",
+    ):
         testing.assert_close(torch.tensor([True, False, False]), torch.tensor([True, False, True]))
 
 
@@ -387,7 +409,9 @@ def test_assert_vectorized_passes_a_vectorized_function():
     testing.assert_vectorized(conv2d_unfold, make_conv_inputs, sizes=(5, 9, 17))
     # make_inputs(size), and keyword arguments.
     testing.assert_vectorized(conv2d_unfold, lambda size: make_conv_inputs(size, size + 1)[:2])
-    testing.assert_vectorized(conv2d_unfold, lambda h, w: dict(x=torch.randn(1, 2, h, w), weight=torch.randn(3, 2, 3, 3)))
+    testing.assert_vectorized(
+        conv2d_unfold, lambda h, w: dict(x=torch.randn(1, 2, h, w), weight=torch.randn(3, 2, 3, 3))
+    )
     testing.assert_vectorized(torch.sigmoid, lambda h, w: torch.randn(h, w))  # a single argument
 
 
@@ -396,13 +420,18 @@ def test_assert_vectorized_fails_a_loop_with_both_counts(looped):
     small = reference_total(looped, *make_conv_inputs(8, 8))
     large = reference_total(looped, *make_conv_inputs(16, 16))
     assert large > small
-    with pytest.raises(AssertionError, match=re.escape(
+    with pytest.raises(
+        AssertionError,
+        match=re.escape(
             f"my_conv: the number of PyTorch operations grows with the image size ({small} at 8\u00d78, {large} at "
-            f"16\u00d716): loop over pixels?")):
+            f"16\u00d716): loop over pixels?"
+        ),
+    ):
         testing.assert_vectorized(looped, make_conv_inputs, name="my_conv")
     x, w = make_conv_inputs(8, 8)[:2]
-    testing.assert_close(looped(x, w, padding=1, dilation=2), conv2d_builtin(x, w, padding=1, dilation=2),
-                         rtol=1e-4, atol=1e-5)
+    testing.assert_close(
+        looped(x, w, padding=1, dilation=2), conv2d_builtin(x, w, padding=1, dilation=2), rtol=1e-4, atol=1e-5
+    )
 
 
 def test_assert_vectorized_names_the_function_and_the_growing_ops():
@@ -461,10 +490,13 @@ CONVOLUTION_BUILTINS = {
     "F.conv_transpose1d": lambda x: F.conv_transpose1d(x.flatten(2), torch.randn(3, 4, 3)),
 }
 INTERPOLATION_BUILTINS = {
-    **{f"F.interpolate {mode}": (lambda mode: lambda x: F.interpolate(x, scale_factor=2, mode=mode))(mode)
-       for mode in ("nearest", "nearest-exact", "bilinear", "bicubic")},
-    "F.interpolate bilinear size align_corners": lambda x: F.interpolate(x, size=(9, 11), mode="bilinear",
-                                                                         align_corners=True),
+    **{
+        f"F.interpolate {mode}": (lambda mode: lambda x: F.interpolate(x, scale_factor=2, mode=mode))(mode)
+        for mode in ("nearest", "nearest-exact", "bilinear", "bicubic")
+    },
+    "F.interpolate bilinear size align_corners": lambda x: F.interpolate(
+        x, size=(9, 11), mode="bilinear", align_corners=True
+    ),
     "F.interpolate bilinear antialias": lambda x: F.interpolate(x, size=(3, 3), mode="bilinear", antialias=True),
     "F.interpolate bicubic antialias": lambda x: F.interpolate(x, size=(3, 3), mode="bicubic", antialias=True),
     "F.interpolate linear": lambda x: F.interpolate(x.flatten(2), scale_factor=2, mode="linear"),
@@ -473,20 +505,23 @@ INTERPOLATION_BUILTINS = {
     "nn.UpsamplingBilinear2d": lambda x: nn.UpsamplingBilinear2d(scale_factor=2)(x),
     "nn.UpsamplingNearest2d": lambda x: nn.UpsamplingNearest2d(scale_factor=2)(x),
     "F.grid_sample": lambda x: F.grid_sample(x, torch.rand(2, 4, 5, 2) * 2 - 1, align_corners=False),
-    "F.affine_grid": lambda x: F.affine_grid(x.mean() * torch.eye(2, 3).expand(2, 2, 3), [2, 3, 4, 4],
-                                             align_corners=False),
+    "F.affine_grid": lambda x: F.affine_grid(
+        x.mean() * torch.eye(2, 3).expand(2, 2, 3), [2, 3, 4, 4], align_corners=False
+    ),
 }
 UNPOOL_BUILTINS = {
     "F.max_unpool2d": lambda x: F.max_unpool2d(x[:, :, :4, :3] + POOLED, INDICES, 2),
     "nn.MaxUnpool2d": lambda x: nn.MaxUnpool2d(2)(x[:, :, :4, :3] + POOLED, INDICES),
     "F.max_unpool1d": lambda x: F.max_unpool1d(*F.max_pool1d(x.flatten(2), 2, return_indices=True), 2),
-    "F.max_unpool3d": lambda x: F.max_unpool3d(*F.max_pool3d(x[:, :, None].expand(2, 3, 2, 7, 6), 2,
-                                                             return_indices=True), 2),
+    "F.max_unpool3d": lambda x: F.max_unpool3d(
+        *F.max_pool3d(x[:, :, None].expand(2, 3, 2, 7, 6), 2, return_indices=True), 2
+    ),
 }
 CROSS_ENTROPY_BUILTINS = {
     "F.cross_entropy": lambda x: F.cross_entropy(x, TARGET),
-    "F.cross_entropy ignore_index label_smoothing": lambda x: F.cross_entropy(x, TARGET, ignore_index=1,
-                                                                             label_smoothing=0.1),
+    "F.cross_entropy ignore_index label_smoothing": lambda x: F.cross_entropy(
+        x, TARGET, ignore_index=1, label_smoothing=0.1
+    ),
     "F.cross_entropy probabilities": lambda x: F.cross_entropy(x, torch.rand(2, 3, 7, 6)),
     "F.cross_entropy 1d": lambda x: F.cross_entropy(x[:, :, 0, 0], TARGET[:, 0, 0]),
     "nn.CrossEntropyLoss": lambda x: nn.CrossEntropyLoss()(x, TARGET),
@@ -500,9 +535,16 @@ CROSS_ENTROPY_BUILTINS = {
     "torch.softmax": lambda x: torch.softmax(x, 1),
     "nn.Softmax": lambda x: nn.Softmax(dim=1)(x),
 }
-BUILTINS = [(ops_name, name, fn) for ops_name, table in [
-    ("CONVOLUTION_OPS", CONVOLUTION_BUILTINS), ("INTERPOLATION_OPS", INTERPOLATION_BUILTINS),
-    ("UNPOOL_OPS", UNPOOL_BUILTINS), ("CROSS_ENTROPY_OPS", CROSS_ENTROPY_BUILTINS)] for name, fn in table.items()]
+BUILTINS = [
+    (ops_name, name, fn)
+    for ops_name, table in [
+        ("CONVOLUTION_OPS", CONVOLUTION_BUILTINS),
+        ("INTERPOLATION_OPS", INTERPOLATION_BUILTINS),
+        ("UNPOOL_OPS", UNPOOL_BUILTINS),
+        ("CROSS_ENTROPY_OPS", CROSS_ENTROPY_BUILTINS),
+    ]
+    for name, fn in table.items()
+]
 
 AUTOGRAD_MODES = {
     "backward": lambda f: f(X.clone().requires_grad_()).sum().backward(),
@@ -553,31 +595,61 @@ def test_every_constant_entry_names_a_registered_operator():
     registered = {name.split(".")[0].replace("::", ".") for name in torch._C._dispatch_get_all_op_names()}
     for entry in ALL_OPS:
         assert any(op.startswith(entry) for op in registered), f"{entry} matches no aten operator"
-    for allowed in ("aten.im2col", "aten.col2im", "aten.unfold", "aten.mm", "aten.bmm", "aten.matmul",
-                    "aten.einsum", "aten.scatter_add", "aten.index_put", "aten.gather", "aten.logsumexp",
-                    "aten.max_pool2d_with_indices", "aten.constant_pad_nd", "aten.binary_cross_entropy"):
+    for allowed in (
+        "aten.im2col",
+        "aten.col2im",
+        "aten.unfold",
+        "aten.mm",
+        "aten.bmm",
+        "aten.matmul",
+        "aten.einsum",
+        "aten.scatter_add",
+        "aten.index_put",
+        "aten.gather",
+        "aten.logsumexp",
+        "aten.max_pool2d_with_indices",
+        "aten.constant_pad_nd",
+        "aten.binary_cross_entropy",
+    ):
         assert not any(allowed.startswith(entry) for entry in ALL_OPS), allowed
 
 
 # From-scratch functions: the reference (built-in) fails, a from-scratch version passes with the same values.
 SCRATCH_CASES = {
-    "dilated conv2d": (testing.CONVOLUTION_OPS, conv2d_unfold, conv2d_builtin,
-                       lambda: (torch.randn(2, 3, 9, 8), torch.randn(4, 3, 3, 3), torch.randn(4), 2, 2)),
-    "conv_transpose2d": (testing.CONVOLUTION_OPS, conv_transpose2d_scratch, conv_transpose2d_builtin,
-                         lambda: (torch.randn(2, 3, 4, 5), torch.randn(3, 4, 3, 3), 2)),
-    "bilinear": (testing.INTERPOLATION_OPS, bilinear_scratch, bilinear_builtin,
-                 lambda: (torch.randn(2, 3, 4, 5), (9, 7))),
+    "dilated conv2d": (
+        testing.CONVOLUTION_OPS,
+        conv2d_unfold,
+        conv2d_builtin,
+        lambda: (torch.randn(2, 3, 9, 8), torch.randn(4, 3, 3, 3), torch.randn(4), 2, 2),
+    ),
+    "conv_transpose2d": (
+        testing.CONVOLUTION_OPS,
+        conv_transpose2d_scratch,
+        conv_transpose2d_builtin,
+        lambda: (torch.randn(2, 3, 4, 5), torch.randn(3, 4, 3, 3), 2),
+    ),
+    "bilinear": (
+        testing.INTERPOLATION_OPS,
+        bilinear_scratch,
+        bilinear_builtin,
+        lambda: (torch.randn(2, 3, 4, 5), (9, 7)),
+    ),
     "max_unpool2d": (testing.UNPOOL_OPS, unpool_scratch, unpool_builtin, lambda: (POOLED, INDICES, (8, 6))),
-    "cross_entropy": (testing.CROSS_ENTROPY_OPS, cross_entropy_scratch, cross_entropy_builtin,
-                      lambda: (torch.randn(2, 3, 7, 6), TARGET)),
+    "cross_entropy": (
+        testing.CROSS_ENTROPY_OPS,
+        cross_entropy_scratch,
+        cross_entropy_builtin,
+        lambda: (torch.randn(2, 3, 7, 6), TARGET),
+    ),
 }
 
 
 @pytest.mark.parametrize("case", list(SCRATCH_CASES))
 def test_forbid_ops_passes_from_scratch_code_and_fails_the_builtin(case):
     ops, scratch, builtin, make_args = SCRATCH_CASES[case]
-    args = [a.double().requires_grad_() if isinstance(a, torch.Tensor) and a.is_floating_point() else a
-            for a in make_args()]
+    args = [
+        a.double().requires_grad_() if isinstance(a, torch.Tensor) and a.is_floating_point() else a for a in make_args()
+    ]
     want = builtin(*args)
     got = testing.forbid_ops(scratch, ops, *args)  # the call form returns the output
     testing.assert_close(got, want)
@@ -586,20 +658,30 @@ def test_forbid_ops_passes_from_scratch_code_and_fails_the_builtin(case):
         testing.forbid_ops(builtin, ops, *args)
 
 
-@pytest.mark.parametrize("cheat, op", [
-    (conv_transpose2d_via_conv2d, "aten.convolution"), (conv_transpose2d_builtin, "aten.convolution")])
+@pytest.mark.parametrize(
+    "cheat, op", [(conv_transpose2d_via_conv2d, "aten.convolution"), (conv_transpose2d_builtin, "aten.convolution")]
+)
 def test_forbid_ops_catches_conv_transpose_written_with_conv2d(cheat, op):
     x, w = torch.randn(2, 3, 4, 5, dtype=torch.float64), torch.randn(3, 4, 3, 3, dtype=torch.float64)
     testing.assert_close(cheat(x, w, 2), conv_transpose2d_scratch(x, w, 2))
-    with pytest.raises(AssertionError, match=re.escape(
+    with pytest.raises(
+        AssertionError,
+        match=re.escape(
             f"your implementation called the forbidden operation {op} (used by F.conv2d, F.conv_transpose2d, "
-            f"nn.Conv2d and nn.ConvTranspose2d); write it without these built-ins, from elementary tensor operations")):
+            f"nn.Conv2d and nn.ConvTranspose2d); write it without these built-ins, from elementary tensor operations"
+        ),
+    ):
         testing.forbid_ops(cheat, testing.CONVOLUTION_OPS, x, w, 2)
 
 
-@pytest.mark.parametrize("cheat, op", [(cross_entropy_builtin, "aten._log_softmax"),
-                                       (cross_entropy_via_log_softmax, "aten._log_softmax"),
-                                       (cross_entropy_via_softmax, "aten._softmax")])
+@pytest.mark.parametrize(
+    "cheat, op",
+    [
+        (cross_entropy_builtin, "aten._log_softmax"),
+        (cross_entropy_via_log_softmax, "aten._log_softmax"),
+        (cross_entropy_via_softmax, "aten._softmax"),
+    ],
+)
 def test_forbid_ops_catches_cross_entropy_shortcuts(cheat, op):
     logits = torch.randn(2, 3, 7, 6, dtype=torch.float64)
     with pytest.raises(AssertionError, match=re.escape(f"forbidden operation {op} (used by F.")):
@@ -631,9 +713,19 @@ def test_forbid_ops_as_a_context_manager_and_when_the_error_is_swallowed():
             hides_the_error(x, w)
 
 
-@pytest.mark.parametrize("spec", ["aten.convolution", "aten::convolution", "convolution", "aten.conv",
-                                  torch.ops.aten.convolution, torch.ops.aten.convolution.default,
-                                  ["aten.add", "aten.convolution"], {"aten.convolution"}])
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "aten.convolution",
+        "aten::convolution",
+        "convolution",
+        "aten.conv",
+        torch.ops.aten.convolution,
+        torch.ops.aten.convolution.default,
+        ["aten.add", "aten.convolution"],
+        {"aten.convolution"},
+    ],
+)
 def test_forbid_ops_accepts_names_prefixes_and_operator_objects(spec):
     x, w = torch.randn(1, 2, 5, 5), torch.randn(3, 2, 3, 3)
     with pytest.raises(AssertionError, match="forbidden operation aten.convolution"):
@@ -645,9 +737,13 @@ def test_forbid_ops_accepts_names_prefixes_and_operator_objects(spec):
 
 
 def test_forbid_ops_message_without_a_known_builtin():
-    with pytest.raises(AssertionError, match=re.escape(
+    with pytest.raises(
+        AssertionError,
+        match=re.escape(
             "your implementation called the forbidden operation aten.add; write it without it, from elementary "
-            "tensor operations")):
+            "tensor operations"
+        ),
+    ):
         with testing.forbid_ops("aten.add"):
             torch.ones(2) + torch.ones(2)
 
@@ -679,7 +775,7 @@ def segment_own(classifier, images):
     p = classifier.patch_size if hasattr(classifier, "patch_size") else 3
     windows = F.unfold(images, p, padding=p // 2).transpose(1, 2).reshape(n * h * w, c, p, p)
     logits = classifier.forward(windows[: n * h * w // 2])  # a method of an object it was given
-    logits = torch.cat([logits, classifier(windows[n * h * w // 2:])])
+    logits = torch.cat([logits, classifier(windows[n * h * w // 2 :])])
     return logits.reshape(n, h, w, -1).permute(0, 3, 1, 2)
 
 
@@ -766,31 +862,48 @@ def test_assert_no_delegation_passes_own_code_and_returns_its_output():
         testing.assert_no_delegation(conv2d_unfold, IMAGES, torch.randn(2, 3, 3, 3), padding=1)
 
 
-@pytest.mark.parametrize("fn, found", [
-    (segment_delegating, "segutils.models.sliding_window_logits"),
-    (segment_delegating_sometimes, "segutils.models.sliding_window_logits"),
-    (segment_through_a_helper, "segutils.models.sliding_window_logits"),
-    (make_closure_delegating(), "impl (segutils.models.patch.sliding_window_logits)"),
-    (segment_default_argument, "a default argument of segment_default_argument"),
-])
+@pytest.mark.parametrize(
+    "fn, found",
+    [
+        (segment_delegating, "segutils.models.sliding_window_logits"),
+        (segment_delegating_sometimes, "segutils.models.sliding_window_logits"),
+        (segment_through_a_helper, "segutils.models.sliding_window_logits"),
+        (make_closure_delegating(), "impl (segutils.models.patch.sliding_window_logits)"),
+        (segment_default_argument, "a default argument of segment_default_argument"),
+    ],
+)
 def test_assert_no_delegation_reads_the_code(fn, found):
     with pytest.raises(AssertionError, match=re.escape(f"should do the work itself, but its code uses {found}")):
         testing.assert_no_delegation(fn, CLASSIFIER, IMAGES)
 
 
 def test_assert_no_delegation_watches_the_calls():
-    with pytest.raises(AssertionError, match=re.escape(
+    with pytest.raises(
+        AssertionError,
+        match=re.escape(
             "segment_hidden_lookup should do the work itself, but it called segutils.models.patch.sliding_window_logits "
-            "(in segment_hidden_lookup, line")):
+            "(in segment_hidden_lookup, line"
+        ),
+    ):
         testing.assert_no_delegation(segment_hidden_lookup, CLASSIFIER, IMAGES)
-    with pytest.raises(AssertionError, match=re.escape("NetBuildingUNet should do the work itself, but it called "
-                                                       "segutils.models.unet.UNet.__init__ (in __init__, line")):
+    with pytest.raises(
+        AssertionError,
+        match=re.escape(
+            "NetBuildingUNet should do the work itself, but it called "
+            "segutils.models.unet.UNet.__init__ (in __init__, line"
+        ),
+    ):
         testing.assert_no_delegation(NetBuildingUNet)
     with pytest.raises(AssertionError, match=re.escape("but its code uses base class segutils.models.unet.UNet")):
         testing.assert_no_delegation(NetInheritingUNet)
     net = NetCallingInForward()
-    with pytest.raises(AssertionError, match=re.escape("NetCallingInForward.forward should do the work itself, but its "
-                                                       "code uses segutils.models.sliding_window_logits")):
+    with pytest.raises(
+        AssertionError,
+        match=re.escape(
+            "NetCallingInForward.forward should do the work itself, but its "
+            "code uses segutils.models.sliding_window_logits"
+        ),
+    ):
         testing.assert_no_delegation(net, IMAGES)
 
 
@@ -801,8 +914,11 @@ def test_assert_no_delegation_forbids_torchmetrics_by_default():
         return functional.accuracy(pred, target, task="multiclass", num_classes=3)
 
     pred, target = torch.randint(0, 3, (10,)), torch.randint(0, 3, (10,))
-    with pytest.raises(AssertionError, match=r"accuracy should do the work itself, but its code uses functional\.accuracy "
-                                             r"\(torchmetrics\."):
+    with pytest.raises(
+        AssertionError,
+        match=r"accuracy should do the work itself, but its code uses functional\.accuracy "
+        r"\(torchmetrics\.",
+    ):
         testing.assert_no_delegation(accuracy, pred, target)
     out = testing.assert_no_delegation(accuracy, pred, target, forbidden_modules=("segutils",))
     testing.assert_close(out, (pred == target).float().mean())
@@ -918,19 +1034,28 @@ def raises_type_error(x):
     return x
 
 
-@pytest.mark.parametrize("fn, message", [
-    (zeros_without_device, "a tensor was created on cpu (shape (2, 3)): aten.add mixed it with tensors on the inputs' "
-                           "device (meta); pass device=x.device"),
-    (arange_without_device, "a tensor was created on cpu (shape (2,)): aten.index mixed it"),
-    (reads_item, "your code reads tensor values on the host (.item(), .tolist(), .numpy()"),
-    (reads_tolist, "your code reads tensor values on the host"),
-    (reads_numpy, "your code reads tensor values on the host"),
-    (branches_on_value, "your code reads tensor values on the host"),
-    (masks, "your code uses aten.index (through torch.nonzero), whose result depends on the tensors' values"),
-    (returns_cpu, "returns_cpu returned a tensor on cpu although its inputs were on the meta device: pass device="),
-    (builds_module_on_cpu, "builds_module_on_cpu returned a tensor on cpu (output.weight)"),
-    (raises_type_error, "raises_type_error failed with its inputs on the meta device (tensors without data): TypeError: boom"),
-])
+@pytest.mark.parametrize(
+    "fn, message",
+    [
+        (
+            zeros_without_device,
+            "a tensor was created on cpu (shape (2, 3)): aten.add mixed it with tensors on the inputs' "
+            "device (meta); pass device=x.device",
+        ),
+        (arange_without_device, "a tensor was created on cpu (shape (2,)): aten.index mixed it"),
+        (reads_item, "your code reads tensor values on the host (.item(), .tolist(), .numpy()"),
+        (reads_tolist, "your code reads tensor values on the host"),
+        (reads_numpy, "your code reads tensor values on the host"),
+        (branches_on_value, "your code reads tensor values on the host"),
+        (masks, "your code uses aten.index (through torch.nonzero), whose result depends on the tensors' values"),
+        (returns_cpu, "returns_cpu returned a tensor on cpu although its inputs were on the meta device: pass device="),
+        (builds_module_on_cpu, "builds_module_on_cpu returned a tensor on cpu (output.weight)"),
+        (
+            raises_type_error,
+            "raises_type_error failed with its inputs on the meta device (tensors without data): TypeError: boom",
+        ),
+    ],
+)
 def test_check_device_agnostic_explains_failures(fn, message):
     x = torch.randn(2, 3)
     fn(x)  # every one works on the CPU
@@ -978,14 +1103,15 @@ def test_no_host_sync_on_cuda():
 
 @needs_cuda
 def test_check_device_agnostic_code_also_runs_on_cuda():
-    for fn, args in [(conv2d_unfold, (torch.randn(2, 3, 9, 8), torch.randn(4, 3, 3, 3))),
-                     (bilinear_scratch, (torch.randn(2, 3, 4, 5), (9, 7))),
-                     (cross_entropy_scratch, (torch.randn(2, 3, 7, 6), TARGET))]:
+    for fn, args in [
+        (conv2d_unfold, (torch.randn(2, 3, 9, 8), torch.randn(4, 3, 3, 3))),
+        (bilinear_scratch, (torch.randn(2, 3, 4, 5), (9, 7))),
+        (cross_entropy_scratch, (torch.randn(2, 3, 7, 6), TARGET)),
+    ]:
         testing.check_device_agnostic(fn, *args)
         cuda_args = [a.cuda() if isinstance(a, torch.Tensor) else a for a in args]
         fn(*cuda_args)
-        testing.assert_close(testing.no_host_sync(fn, *cuda_args), fn(*args), check_device=False,
-                             rtol=1e-4, atol=1e-5)
+        testing.assert_close(testing.no_host_sync(fn, *cuda_args), fn(*args), check_device=False, rtol=1e-4, atol=1e-5)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -994,8 +1120,10 @@ def test_check_device_agnostic_code_also_runs_on_cuda():
 
 
 def test_import_loads_no_test_framework_or_metrics_library():
-    code = ("import sys, segutils.testing; "
-            "print(sorted(m for m in ('pytest', 'torchmetrics', 'segutils.models') if m in sys.modules))")
+    code = (
+        "import sys, segutils.testing; "
+        "print(sorted(m for m in ('pytest', 'torchmetrics', 'segutils.models') if m in sys.modules))"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
 
@@ -1071,12 +1199,15 @@ def test_check_parameters_get_gradients_fails_a_detached_output_and_a_raising_fo
         testing.check_parameters_get_gradients(lambda x: x, torch.randn(1))
 
 
-@pytest.mark.parametrize("fn, problem", [
-    (lambda x, s: x, "itself"),
-    (lambda x, s: x.reshape(-1, x.shape[-1]).view_as(x), "a view"),
-    (lambda x, s: x[..., None].expand(*x.shape, s).flatten(-2), "a view"),  # expand + flatten of a 1-wide axis
-    (lambda x, s: x.transpose(2, 3).transpose(2, 3), "a view"),
-])
+@pytest.mark.parametrize(
+    "fn, problem",
+    [
+        (lambda x, s: x, "itself"),
+        (lambda x, s: x.reshape(-1, x.shape[-1]).view_as(x), "a view"),
+        (lambda x, s: x[..., None].expand(*x.shape, s).flatten(-2), "a view"),  # expand + flatten of a 1-wide axis
+        (lambda x, s: x.transpose(2, 3).transpose(2, 3), "a view"),
+    ],
+)
 def test_check_returns_new_tensor_fails_the_input_and_its_views(fn, problem):
     x = torch.randn(1, 2, 3, 4)
     with pytest.raises(AssertionError, match=f"returned (its argument 0 {problem}|{problem} of its argument 0)"):
@@ -1104,7 +1235,8 @@ def test_check_devices_and_dtypes_runs_module_arguments_everywhere():
     import torch.nn as nn
 
     report = testing.check_devices_and_dtypes(
-        _apply_module, lambda dtype: (nn.Linear(3, 2).to(dtype), torch.randn(4, 3, dtype=dtype)), expected_shape=(4, 2))
+        _apply_module, lambda dtype: (nn.Linear(3, 2).to(dtype), torch.randn(4, 3, dtype=dtype)), expected_shape=(4, 2)
+    )
     assert {"meta float32: ran", "simulated cuda float64: ran", "cpu float64: ran"} <= set(report)
 
 
@@ -1113,7 +1245,8 @@ def test_check_devices_and_dtypes_moves_module_arguments_to_the_gpu():
     import torch.nn as nn
 
     report = testing.check_devices_and_dtypes(
-        _apply_module, lambda dtype: (nn.Linear(3, 2).to(dtype), torch.randn(4, 3, dtype=dtype)), expected_shape=(4, 2))
+        _apply_module, lambda dtype: (nn.Linear(3, 2).to(dtype), torch.randn(4, 3, dtype=dtype)), expected_shape=(4, 2)
+    )
     assert "cuda float32: ran" in report  # a module left on the CPU fails against CUDA inputs
 
 
@@ -1140,9 +1273,14 @@ def test_a_test_cell_ending_with_check_values_gets_full_credit_from_nbgrader():
     from nbgrader.utils import determine_grade
 
     def graded_cell(value):
-        outputs = [] if value is None else [new_output("execute_result", {"text/plain": repr(value)}, execution_count=1)]
-        return new_code_cell("...", metadata={"nbgrader": {"grade": True, "points": 2, "grade_id": "t", "solution": False,
-                                                            "locked": True}}, outputs=outputs)
+        outputs = (
+            [] if value is None else [new_output("execute_result", {"text/plain": repr(value)}, execution_count=1)]
+        )
+        return new_code_cell(
+            "...",
+            metadata={"nbgrader": {"grade": True, "points": 2, "grade_id": "t", "solution": False, "locked": True}},
+            outputs=outputs,
+        )
 
     shown = testing.check_values(torch.neg, lambda x: -x, [torch.ones(2, 3)])
     assert determine_grade(graded_cell(shown)) == (2, 2)

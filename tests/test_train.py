@@ -1,4 +1,5 @@
 """segutils.train: fit, evaluate, checkpoints."""
+
 import pytest
 import torch
 from torch import nn
@@ -26,7 +27,15 @@ def test_fit_returns_one_history_entry_per_epoch_and_learns():
     train, val = tiny_loaders()
     history = fit(tiny_model(), train, val, epochs=4, lr=1e-2, device="cpu", progress=False)
     assert history["epoch"] == [1, 2, 3, 4]
-    for key in ("train_loss", "train_pixel_accuracy", "train_mean_iou", "val_loss", "val_pixel_accuracy", "val_mean_iou", "seconds"):
+    for key in (
+        "train_loss",
+        "train_pixel_accuracy",
+        "train_mean_iou",
+        "val_loss",
+        "val_pixel_accuracy",
+        "val_mean_iou",
+        "seconds",
+    ):
         assert len(history[key]) == 4, key
     assert history["train_loss"][-1] < history["train_loss"][0]
     assert all(0 <= v <= 1 for v in history["val_mean_iou"])
@@ -63,7 +72,9 @@ def test_evaluate_matches_torchmetrics_and_cross_entropy():
     assert result["pixel_accuracy"] == pytest.approx(accuracy(logits.argmax(1), masks).item(), abs=1e-6)
     expected_loss = F.cross_entropy(logits, masks, ignore_index=IGNORE_INDEX).item()
     assert result["loss"] == pytest.approx(expected_loss, rel=1e-5)
-    assert result["confusion_matrix"].shape == (5, 5) and result["confusion_matrix"].sum() == (masks != IGNORE_INDEX).sum()
+    assert (
+        result["confusion_matrix"].shape == (5, 5) and result["confusion_matrix"].sum() == (masks != IGNORE_INDEX).sum()
+    )
 
 
 def test_bad_batches_and_options_are_named():
@@ -142,7 +153,7 @@ def test_fit_is_train_one_epoch_then_evaluate():
 
 
 def test_train_one_epoch_steps_the_scheduler_per_batch_and_rejects_an_empty_loader():
-    train, _ = tiny_loaders(n=16, batch_size=4)                  # 4 batches
+    train, _ = tiny_loaders(n=16, batch_size=4)  # 4 batches
     model = tiny_model()
     optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.5)

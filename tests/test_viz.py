@@ -38,7 +38,13 @@ def test_overlay_blends_class_colours_over_objects_only():
 
 
 def test_history_and_confusion_and_receptive_field_plots():
-    history = {"epoch": [1, 2], "train_loss": [1.0, 0.5], "val_loss": [1.1, 0.7], "train_mean_iou": [0.1, 0.3], "val_mean_iou": [0.1, 0.2]}
+    history = {
+        "epoch": [1, 2],
+        "train_loss": [1.0, 0.5],
+        "val_loss": [1.1, 0.7],
+        "train_mean_iou": [0.1, 0.3],
+        "val_mean_iou": [0.1, 0.2],
+    }
     fig = plot_history(history)
     assert len(fig.axes) == 2 and len(fig.axes[0].lines) == 2
     assert fig.axes[1].get_ylabel() == "mean iou"

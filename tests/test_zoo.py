@@ -1,4 +1,5 @@
 """segutils.zoo: trained models are cached, reused, and retrained only when their code changes."""
+
 from __future__ import annotations
 
 import torch
@@ -10,8 +11,12 @@ TINY = TrainingConfig(image_size=16, train_size=8, val_size=4, batch_size=4, epo
 
 
 def test_fingerprint_ignores_docstrings_and_comments_but_not_code():
-    base = zoo._code_fingerprint('"""Module."""\nX: int = 1\n"""About X."""\n\ndef f(x):\n    """Doc."""\n    return x  # c\n')
-    reworded = zoo._code_fingerprint('"""Other."""\nX: int = 1\n"""Reworded."""\n\ndef f(x):\n    """New doc."""\n    return x\n')
+    base = zoo._code_fingerprint(
+        '"""Module."""\nX: int = 1\n"""About X."""\n\ndef f(x):\n    """Doc."""\n    return x  # c\n'
+    )
+    reworded = zoo._code_fingerprint(
+        '"""Other."""\nX: int = 1\n"""Reworded."""\n\ndef f(x):\n    """New doc."""\n    return x\n'
+    )
     changed = zoo._code_fingerprint('"""Module."""\nX: int = 1\n\ndef f(x):\n    """Doc."""\n    return x + 1\n')
     assert base == reworded
     assert base != changed
@@ -71,8 +76,10 @@ def test_warm_models_finds_literal_calls_configs_and_seed_loops():
         "skipped = [trained_model('fcn', config), trained_model('fcn', TrainingConfig(seed=s)), trained_model('fcn', **kw)]\n"
     )
     calls = warm.literal_calls(source)
-    expected = [("plain", {})] + [
-        ("fcn", {"skips": k, "__config__": {"seed": seed, "epochs": 6}}) for seed in (0, 1) for k in (0, 2)
-    ] + [("unet", {"__config__": {"seed": 3}})]
+    expected = (
+        [("plain", {})]
+        + [("fcn", {"skips": k, "__config__": {"seed": seed, "epochs": 6}}) for seed in (0, 1) for k in (0, 2)]
+        + [("unet", {"__config__": {"seed": 3}})]
+    )
     assert sorted(map(repr, calls)) == sorted(map(repr, expected))
     assert warm.literal_calls("%timeit x\n") == []

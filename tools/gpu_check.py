@@ -14,6 +14,7 @@ Without a CUDA GPU it says so and exits with status 2: nothing it checks can run
 
 Usage: ``python tools/gpu_check.py [--list]`` (``--list`` prints the steps without running them).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,14 +43,54 @@ def steps(python: str, workdir: Path) -> list[Step]:
     """The checks, in the order they run."""
     junit = workdir / "cuda-tests.xml"
     return [
-        Step("CUDA tests (pytest -k 'cuda or gpu': CUDA-only tests, each assignment's reference graded on the GPU, "
-             "GPU grading batch, fit with AMP)",
-             [python, "-m", "pytest", "tests", "-k", PYTEST_SELECTION, "-n", "4", "--dist", "loadgroup",
-              "-p", "no:cacheprovider", "-q", "-rs", f"--junitxml={junit}"], 420),
-        Step("segutils train on CUDA with mixed precision (1 epoch)",
-             [python, "-m", "segutils", "train", "--model", "unet", "--epochs", "1", "--train-size", "256",
-              "--val-size", "64", "--image-size", "32", "--batch-size", "32", "--device", "cuda",
-              "--checkpoint", str(workdir / "unet.pt")], 120),
+        Step(
+            "CUDA tests (pytest -k 'cuda or gpu': CUDA-only tests, each assignment's reference graded on the GPU, "
+            "GPU grading batch, fit with AMP)",
+            [
+                python,
+                "-m",
+                "pytest",
+                "tests",
+                "-k",
+                PYTEST_SELECTION,
+                "-n",
+                "4",
+                "--dist",
+                "loadgroup",
+                "-p",
+                "no:cacheprovider",
+                "-q",
+                "-rs",
+                f"--junitxml={junit}",
+            ],
+            420,
+        ),
+        Step(
+            "segutils train on CUDA with mixed precision (1 epoch)",
+            [
+                python,
+                "-m",
+                "segutils",
+                "train",
+                "--model",
+                "unet",
+                "--epochs",
+                "1",
+                "--train-size",
+                "256",
+                "--val-size",
+                "64",
+                "--image-size",
+                "32",
+                "--batch-size",
+                "32",
+                "--device",
+                "cuda",
+                "--checkpoint",
+                str(workdir / "unet.pt"),
+            ],
+            120,
+        ),
     ]
 
 
@@ -90,12 +131,18 @@ def main(argv: list[str] | None = None) -> int:
         import torch
 
         if not torch.cuda.is_available():
-            print("gpu-check: no CUDA GPU is present (torch.cuda.is_available() is False, CUDA_VISIBLE_DEVICES="
-                  f"{os.environ.get('CUDA_VISIBLE_DEVICES', '<unset>')!r}): nothing was checked. Run it on a machine "
-                  "with an NVIDIA GPU.", file=sys.stderr)
+            print(
+                "gpu-check: no CUDA GPU is present (torch.cuda.is_available() is False, CUDA_VISIBLE_DEVICES="
+                f"{os.environ.get('CUDA_VISIBLE_DEVICES', '<unset>')!r}): nothing was checked. Run it on a machine "
+                "with an NVIDIA GPU.",
+                file=sys.stderr,
+            )
             return NO_GPU_STATUS
-        print(f"gpu-check on {torch.cuda.get_device_name(0)} ({torch.cuda.device_count()} GPU(s)), "
-              f"PyTorch {torch.__version__}, CUDA {torch.version.cuda}", flush=True)
+        print(
+            f"gpu-check on {torch.cuda.get_device_name(0)} ({torch.cuda.device_count()} GPU(s)), "
+            f"PyTorch {torch.__version__}, CUDA {torch.version.cuda}",
+            flush=True,
+        )
         results = []
         for step in plan:
             print(f"\n=== {step.name}\n$ {' '.join(step.command)}", flush=True)

@@ -13,6 +13,7 @@ It also resolves a relative ``execute.cache`` (``nb_execution_cache_path``) agai
 folder of ``_config.yml`` instead of the working directory, so builds into another output
 folder (``--path-output``) share one cache.
 """
+
 from __future__ import annotations
 
 import fnmatch

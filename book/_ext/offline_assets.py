@@ -29,6 +29,7 @@ incremental build in which no page changed skips Sphinx's own copy.
 Configuration: ``offline_assets_node_modules`` (default ``"node_modules"``, relative to
 the folder of ``_config.yml``; the ``BOOK_NODE_MODULES`` environment variable wins).
 """
+
 from __future__ import annotations
 
 import os
@@ -84,7 +85,8 @@ FONTAWESOME_CONFIG = 'window.FontAwesomeConfig = {autoReplaceSvg: "nest"};'
 
 #: Load order of the widget scripts on a page (as Sphinx names them: ``nb_ipywidgets_js`` under ``_static/``).
 WIDGET_SCRIPT_ORDER = tuple(
-    f"_static/{name}" for name in ("widgets-config.js", f"{OFFLINE_DIR}/require.js", f"{OFFLINE_DIR}/html-manager/embed-amd.js")
+    f"_static/{name}"
+    for name in ("widgets-config.js", f"{OFFLINE_DIR}/require.js", f"{OFFLINE_DIR}/html-manager/embed-amd.js")
 )
 
 #: Replacements in every page body, after the CDN links: (old, new).
@@ -149,7 +151,9 @@ def fix_page(app: Sphinx, pagename: str, templatename: str, context: dict[str, A
                 unique.append(script)
         # The widget scripts trade places among the slots they occupy; everything else stays put.
         slots = [i for i, script in enumerate(unique) if os.fspath(script.filename or "") in WIDGET_SCRIPT_ORDER]
-        ordered = sorted((unique[i] for i in slots), key=lambda script: WIDGET_SCRIPT_ORDER.index(os.fspath(script.filename)))
+        ordered = sorted(
+            (unique[i] for i in slots), key=lambda script: WIDGET_SCRIPT_ORDER.index(os.fspath(script.filename))
+        )
         for i, script in zip(slots, ordered):
             unique[i] = script
         scripts[:] = unique

@@ -17,6 +17,7 @@ model already cached costs nothing, so a warm build spends well under a second h
 
 Usage: ``python book/_ext/warm_models.py book/*.ipynb``
 """
+
 from __future__ import annotations
 
 import ast
@@ -85,8 +86,14 @@ def config_assignments(source: str) -> dict[str, ast.AST]:
         tree = ast.parse(source)
     except SyntaxError:
         return {}
-    assigned = [(n.targets[0].id, n.value) for n in ast.walk(tree) if isinstance(n, ast.Assign) and len(n.targets) == 1
-                and isinstance(n.targets[0], ast.Name) and _is_config(n.value)]
+    assigned = [
+        (n.targets[0].id, n.value)
+        for n in ast.walk(tree)
+        if isinstance(n, ast.Assign)
+        and len(n.targets) == 1
+        and isinstance(n.targets[0], ast.Name)
+        and _is_config(n.value)
+    ]
     names = [name for name, _ in assigned]
     return {name: value for name, value in assigned if names.count(name) == 1}
 
@@ -109,9 +116,15 @@ def literal_calls(source: str, configs: dict[str, ast.AST] | None = None) -> lis
     configs = {**(configs or {}), **config_assignments(source)}
     calls = []
     for node in ast.walk(tree):
-        if not (isinstance(node, ast.Call) and getattr(node.func, "id", getattr(node.func, "attr", None)) == "trained_model"):
+        if not (
+            isinstance(node, ast.Call) and getattr(node.func, "id", getattr(node.func, "attr", None)) == "trained_model"
+        ):
             continue
-        if not 1 <= len(node.args) <= 2 or not isinstance(node.args[0], ast.Constant) or not isinstance(node.args[0].value, str):
+        if (
+            not 1 <= len(node.args) <= 2
+            or not isinstance(node.args[0], ast.Constant)
+            or not isinstance(node.args[0].value, str)
+        ):
             continue
         if any(kw.arg is None for kw in node.keywords):  # a ``**mapping`` argument
             continue
@@ -121,7 +134,9 @@ def literal_calls(source: str, configs: dict[str, ast.AST] | None = None) -> lis
             combinations = [{**names, name: value} for names in combinations for value in values]
         for names in combinations:
             try:
-                kwargs = {kw.arg: _value(kw.value, names, configs) for kw in node.keywords if kw.arg not in IGNORED_KEYWORDS}
+                kwargs = {
+                    kw.arg: _value(kw.value, names, configs) for kw in node.keywords if kw.arg not in IGNORED_KEYWORDS
+                }
                 if len(node.args) == 2:
                     config = _value(node.args[1], names, configs)
                     if not (isinstance(config, dict) and "__config__" in config):

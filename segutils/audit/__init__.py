@@ -14,6 +14,7 @@ report counts those apart.
 Python API: :func:`~segutils.audit.run.audit_assignment` returns an
 :class:`~segutils.audit.run.AuditReport`; the command line is ``segutils audit ASSIGNMENT``.
 """
+
 from __future__ import annotations
 
 from .run import AuditReport, MutantResult, audit_assignment

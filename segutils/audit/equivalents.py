@@ -12,10 +12,12 @@ release, and this one quotes the reference solution::
 Every entry needs an ``id`` and a non-empty ``reason``. An id that no longer matches a mutant
 (the reference changed) is reported as stale.
 """
+
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 FILE_NAME = "audit_equivalent.toml"
 

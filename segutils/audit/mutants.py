@@ -17,6 +17,7 @@ Only the code of the graded functions (top-level ``def`` and ``class`` of the so
 is mutated. A mutant's identity is ``<function>-<hash>``, a hash of the mutated function's
 source (comments and formatting excluded): it stays the same while the reference does not change.
 """
+
 from __future__ import annotations
 
 import ast
@@ -26,8 +27,18 @@ import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-_COMPARE_FLIPS = {ast.Lt: ast.LtE, ast.LtE: ast.Lt, ast.Gt: ast.GtE, ast.GtE: ast.Gt, ast.Eq: ast.NotEq,
-                  ast.NotEq: ast.Eq, ast.Is: ast.IsNot, ast.IsNot: ast.Is, ast.In: ast.NotIn, ast.NotIn: ast.In}
+_COMPARE_FLIPS = {
+    ast.Lt: ast.LtE,
+    ast.LtE: ast.Lt,
+    ast.Gt: ast.GtE,
+    ast.GtE: ast.Gt,
+    ast.Eq: ast.NotEq,
+    ast.NotEq: ast.Eq,
+    ast.Is: ast.IsNot,
+    ast.IsNot: ast.Is,
+    ast.In: ast.NotIn,
+    ast.NotIn: ast.In,
+}
 
 
 @dataclass(frozen=True)
@@ -66,14 +77,14 @@ def _sites(root: ast.AST, nodes: list[ast.AST]) -> Iterator[_Site]:
             yield i, "constant", node.value - 1
         elif isinstance(node, ast.Call):
             for k in range(len(node.args) - 1):
-                if not any(isinstance(a, ast.Starred) for a in node.args[k:k + 2]):
+                if not any(isinstance(a, ast.Starred) for a in node.args[k : k + 2]):
                     yield i, "swap", k
         elif isinstance(node, ast.Subscript) and isinstance(node.slice, ast.Tuple):
             for k in range(len(node.slice.elts) - 1):
                 yield i, "swap-index", k
         elif isinstance(node, ast.Tuple) and isinstance(node.ctx, ast.Load) and id(node) not in subscripts:
             for k in range(len(node.elts) - 1):
-                if not any(isinstance(e, ast.Starred) for e in node.elts[k:k + 2]):
+                if not any(isinstance(e, ast.Starred) for e in node.elts[k : k + 2]):
                     yield i, "swap-tuple", k
         elif isinstance(node, ast.Compare):
             for k, op in enumerate(node.ops):
@@ -108,8 +119,12 @@ def _changed_default(node: ast.expr) -> ast.expr | None:
             return ast.Constant(v * 2 if v else 1.0)
         if v is None:
             return ast.Constant(0)
-    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub) and isinstance(node.operand, ast.Constant) \
-            and type(node.operand.value) in (int, float):
+    if (
+        isinstance(node, ast.UnaryOp)
+        and isinstance(node.op, ast.USub)
+        and isinstance(node.operand, ast.Constant)
+        and type(node.operand.value) in (int, float)
+    ):
         return ast.Constant(-node.operand.value + 1)
     return None
 
@@ -207,9 +222,17 @@ def mutants_of_cell(source: str, grade_id: str, functions: set[str] | None = Non
             seen.add(text)
             after = ast.unparse(_definition(mutated, top.name))
             digest = hashlib.sha1(after.encode()).hexdigest()[:10]
-            diff = "".join(difflib.unified_diff((before + "\n").splitlines(True), (after + "\n").splitlines(True),
-                                                f"{top.name} (reference)", f"{top.name} (mutant)", n=1))
+            diff = "".join(
+                difflib.unified_diff(
+                    (before + "\n").splitlines(True),
+                    (after + "\n").splitlines(True),
+                    f"{top.name} (reference)",
+                    f"{top.name} (mutant)",
+                    n=1,
+                )
+            )
             line = getattr(list(ast.walk(tree))[walk_index], "lineno", top.lineno)
-            out.append(Mutant(f"{top.name}-{digest}", top.name, kind.split("-")[0], line, description, grade_id,
-                              text, diff))
+            out.append(
+                Mutant(f"{top.name}-{digest}", top.name, kind.split("-")[0], line, description, grade_id, text, diff)
+            )
     return out

@@ -1,4 +1,5 @@
 """An nbgrader source notebook as the audit needs it: code cells in order, by kind."""
+
 from __future__ import annotations
 
 import ast
@@ -90,8 +91,12 @@ def read_fixture(path: Path) -> Fixture:
     found: dict[str, object] = {}
     drop = set(range(tree.body[0].lineno, tree.body[0].end_lineno + 1))
     for node in tree.body[1:]:
-        if (isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name)
-                and node.targets[0].id in ("REPLACES", "EXPECTED_FAILURES")):
+        if (
+            isinstance(node, ast.Assign)
+            and len(node.targets) == 1
+            and isinstance(node.targets[0], ast.Name)
+            and node.targets[0].id in ("REPLACES", "EXPECTED_FAILURES")
+        ):
             value = ast.unparse(node.value)
             found[node.targets[0].id] = set() if value == "set()" else ast.literal_eval(node.value)
             drop.update(range(node.lineno, node.end_lineno + 1))

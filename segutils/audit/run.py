@@ -1,4 +1,5 @@
 """``audit_assignment``: mutants and fixtures of one assignment through its test cells, and the report."""
+
 from __future__ import annotations
 
 import json
@@ -55,8 +56,10 @@ class AuditReport:
 
     def text(self) -> str:
         """The report an instructor reads: per function, the survivors with their diffs."""
-        lines = [f"audit of {self.assignment}: {len(self.mutants)} mutants run (of {self.mutants_total} generated), "
-                 f"{len(self.fixtures)} fixtures, {self.test_cells} graded test cells"]
+        lines = [
+            f"audit of {self.assignment}: {len(self.mutants)} mutants run (of {self.mutants_total} generated), "
+            f"{len(self.fixtures)} fixtures, {self.test_cells} graded test cells"
+        ]
         if self.reference_failures:
             lines.append("THE REFERENCE FAILS test cells (fix these first; every mutant 'fails' them too):")
             lines += [f"  {cell}: {error}" for cell, error in self.reference_failures.items()]
@@ -65,9 +68,11 @@ class AuditReport:
             by_function.setdefault(m.function, []).append(m)
         for function, results in by_function.items():
             counts = {s: sum(r.status == s for r in results) for s in ("killed", "timeout", "equivalent", "survived")}
-            lines.append(f"\n{function}: {len(results)} mutants, {counts['killed'] + counts['timeout']} killed "
-                         f"({counts['timeout']} by the time limit), {counts['equivalent']} listed as equivalent, "
-                         f"{counts['survived']} survived")
+            lines.append(
+                f"\n{function}: {len(results)} mutants, {counts['killed'] + counts['timeout']} killed "
+                f"({counts['timeout']} by the time limit), {counts['equivalent']} listed as equivalent, "
+                f"{counts['survived']} survived"
+            )
             for r in results:
                 if r.status == "survived":
                     lines.append(f"  SURVIVED {r.id}: {r.description}")
@@ -78,7 +83,9 @@ class AuditReport:
                 detail = f" (failed: {', '.join(f.killed_by)})" if f.killed_by else ""
                 lines.append(f"  {f.status:<18} {f.id}{detail}")
         if self.stale_equivalents:
-            lines.append(f"\nstale entries of {FILE_NAME} (no such mutant any more): {', '.join(self.stale_equivalents)}")
+            lines.append(
+                f"\nstale entries of {FILE_NAME} (no such mutant any more): {', '.join(self.stale_equivalents)}"
+            )
         unexplained = len(self.survivors)
         lines.append(f"\n{unexplained} unexplained survivor(s)" if unexplained else "\nno unexplained survivor")
         return "\n".join(lines)
@@ -145,19 +152,24 @@ def audit_assignment(
     graded = graded_functions(cells)
     wanted = set(functions) if functions else None
     if wanted and not wanted <= set(graded):
-        raise ValueError(f"not graded functions of {assignment}: {sorted(wanted - set(graded))}; "
-                         f"graded: {sorted(graded)}")
-    fixture_dir = Path(fixtures) if fixtures is not None else Path(solutions).resolve().parent / "tests" / "fixtures" / assignment
+        raise ValueError(
+            f"not graded functions of {assignment}: {sorted(wanted - set(graded))}; graded: {sorted(graded)}"
+        )
+    fixture_dir = (
+        Path(fixtures) if fixtures is not None else Path(solutions).resolve().parent / "tests" / "fixtures" / assignment
+    )
     fixture_list: list[Fixture] = read_fixtures(fixture_dir)
     listed = read_equivalents(Path(equivalents) if equivalents is not None else fixture_dir / FILE_NAME)
 
     by_grade_id = {c.grade_id: c for c in cells if c.kind == "solution"}
-    all_mutants = [m for c in cells if c.kind == "solution"
-                   for m in mutants_of_cell(c.source, c.grade_id or "", wanted)]
+    all_mutants = [
+        m for c in cells if c.kind == "solution" for m in mutants_of_cell(c.source, c.grade_id or "", wanted)
+    ]
     chosen = _spread(all_mutants, max_mutants, seed)
     if wanted:
-        fixture_list = [f for f in fixture_list if set(graded_functions(
-            [Cell(0, "solution", f.replaces, f.source)])) & wanted]
+        fixture_list = [
+            f for f in fixture_list if set(graded_functions([Cell(0, "solution", f.replaces, f.source)])) & wanted
+        ]
 
     with make_pool(jobs, folder.resolve()) as pool:
         baseline_future = pool.submit(run_cells, cells, {}, timeout)
@@ -167,8 +179,10 @@ def audit_assignment(
             futures.append((m, pool.submit(run_cells, cells, {by_grade_id[m.grade_id].index: m.source}, timeout, stop)))
         for f in fixture_list:
             if f.replaces not in by_grade_id:
-                raise ValueError(f"fixture {f.name} replaces {f.replaces!r}, which is not a solution cell of "
-                                 f"{assignment} ({sorted(g for g in by_grade_id if g)})")
+                raise ValueError(
+                    f"fixture {f.name} replaces {f.replaces!r}, which is not a solution cell of "
+                    f"{assignment} ({sorted(g for g in by_grade_id if g)})"
+                )
             futures.append((f, pool.submit(run_cells, cells, {by_grade_id[f.replaces].index: f.source}, timeout)))
         baseline: RunOutcome = baseline_future.result()
         results = [(item, future.result()) for item, future in futures]
@@ -183,8 +197,18 @@ def audit_assignment(
                 status = "equivalent"
             else:
                 status = "survived"
-            mutant_results.append(MutantResult(item.id, item.function, item.kind, item.description, status,
-                                               new_failures, item.diff, listed.get(item.id, "")))
+            mutant_results.append(
+                MutantResult(
+                    item.id,
+                    item.function,
+                    item.kind,
+                    item.description,
+                    status,
+                    new_failures,
+                    item.diff,
+                    listed.get(item.id, ""),
+                )
+            )
         else:
             if item.correct:
                 status = "correct but failed" if new_failures else "correct, passes"
@@ -193,5 +217,12 @@ def audit_assignment(
             fixture_results.append(MutantResult(item.name, item.replaces, "fixture", "", status, new_failures))
     generated = {m.id for m in all_mutants}
     stale = sorted(i for i in listed if i not in generated) if not wanted else []
-    return AuditReport(assignment, sum(c.kind == "test" for c in cells), baseline.failures, len(all_mutants),
-                       mutant_results, fixture_results, stale)
+    return AuditReport(
+        assignment,
+        sum(c.kind == "test" for c in cells),
+        baseline.failures,
+        len(all_mutants),
+        mutant_results,
+        fixture_results,
+        stale,
+    )

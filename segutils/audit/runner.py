@@ -7,6 +7,7 @@ limit stops with a timeout (the grader's cell timeout would catch it too). Runs 
 processes (``spawn``, one thread each for PyTorch); modules the cells import stay imported in a
 worker between runs, the namespace does not.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -48,8 +49,9 @@ def _reset_global_state() -> None:
         torch.set_default_dtype(torch.float32)
 
 
-def run_cells(cells: list[Cell], replacements: dict[int, str], timeout: float,
-              stop_unless_in: frozenset[str] | None = None) -> RunOutcome:
+def run_cells(
+    cells: list[Cell], replacements: dict[int, str], timeout: float, stop_unless_in: frozenset[str] | None = None
+) -> RunOutcome:
     """Execute ``cells`` (with ``replacements``: cell index -> source) and return the failing test cells.
 
     With ``stop_unless_in`` (the reference's own failures), the run stops at the first test cell that
@@ -86,7 +88,8 @@ def run_cells(cells: list[Cell], replacements: dict[int, str], timeout: float,
         timed_out = True
         name = current.grade_id if current is not None and current.grade_id else "a cell"
         failures[name if current is not None and current.kind == "test" else "(timeout)"] = (
-            f"timeout: the run took more than {timeout:g} s")
+            f"timeout: the run took more than {timeout:g} s"
+        )
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
@@ -105,5 +108,6 @@ def _init_worker(cwd: str) -> None:
 
 def make_pool(jobs: int, cwd: Path) -> ProcessPoolExecutor:
     """Worker processes for :func:`run_cells`, started in ``cwd`` (the notebook's folder)."""
-    return ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn"), initializer=_init_worker,
-                               initargs=(str(cwd),))
+    return ProcessPoolExecutor(
+        max_workers=jobs, mp_context=get_context("spawn"), initializer=_init_worker, initargs=(str(cwd),)
+    )

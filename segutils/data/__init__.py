@@ -1,4 +1,5 @@
 """Data: the synthetic :class:`ShapesDataset`, optional PASCAL VOC, palettes and joint transforms."""
+
 from segutils.data.palette import CLASSES, IGNORE_COLOR, IGNORE_INDEX, PALETTE, colorize
 from segutils.data.shapes import ShapesDataset
 from segutils.data.transforms import eval_transform, train_transform

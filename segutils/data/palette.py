@@ -1,4 +1,5 @@
 """Class names, colours, and turning label masks into pictures."""
+
 from __future__ import annotations
 
 import torch

@@ -7,6 +7,7 @@ at ``SUPERSAMPLE`` times the resolution and averaged down, so edges are
 anti-aliased, and a pixel whose sub-samples disagree on the class is a boundary
 pixel.
 """
+
 from __future__ import annotations
 
 import math
@@ -106,9 +107,7 @@ def render_scene(
         resolution (0 = background, ``c`` = ``SHAPES[c - 1]``).
     """
     s = SUPERSAMPLE
-    yy, xx = np.meshgrid(
-        (np.arange(height * s) + 0.5) / s, (np.arange(width * s) + 0.5) / s, indexing="ij"
-    )
+    yy, xx = np.meshgrid((np.arange(height * s) + 0.5) / s, (np.arange(width * s) + 0.5) / s, indexing="ij")
     image = random_texture(rng, yy, xx)
     labels = np.zeros(yy.shape, dtype=np.int64)
     for _ in range(int(rng.integers(1, max_objects + 1))):
@@ -122,8 +121,10 @@ def render_scene(
         if outline_detail > 0:
             period = rng.uniform(*OUTLINE_PERIOD)
             phase_u, phase_v = rng.uniform(0, 2 * math.pi, size=2)
-            u, v = (u + outline_detail * np.sin(2 * math.pi * v / period + phase_u),
-                    v + outline_detail * np.sin(2 * math.pi * u / period + phase_v))
+            u, v = (
+                u + outline_detail * np.sin(2 * math.pi * v / period + phase_u),
+                v + outline_detail * np.sin(2 * math.pi * u / period + phase_v),
+            )
         inside = SHAPES[class_id - 1](u, v, area)
         texture = random_texture(rng, yy, xx)
         image[inside] = texture[inside]

@@ -1,4 +1,5 @@
 """ShapesDataset: a synthetic segmentation set that can only be solved with context."""
+
 from __future__ import annotations
 
 import zlib
@@ -87,7 +88,11 @@ class ShapesDataset(Dataset):
         self.transform = transform
         self.max_objects = max_objects
         self.ignore_boundary = ignore_boundary
-        if isinstance(outline_detail, bool) or not isinstance(outline_detail, (int, float)) or not 0 <= outline_detail <= 8:
+        if (
+            isinstance(outline_detail, bool)
+            or not isinstance(outline_detail, (int, float))
+            or not 0 <= outline_detail <= 8
+        ):
             raise ValueError(f"outline_detail should be a number of pixels in [0, 8], got {outline_detail!r}")
         self.outline_detail = float(outline_detail)
         # crc32, unlike hash(), is the same in every process.

@@ -5,6 +5,7 @@ and a ``tv_tensors.Mask``: geometric transforms move both alike, masks are alway
 resampled with nearest neighbour (never interpolated: class ids are not numbers to
 average), and photometric transforms touch the image only.
 """
+
 from __future__ import annotations
 
 import torch
@@ -44,5 +45,7 @@ def eval_transform(size: int | tuple[int, int] | None = None) -> v2.Compose:
     steps: list[v2.Transform] = [v2.ToImage()]
     if size is not None:
         steps.append(v2.Resize(size, antialias=True))
-    steps.append(v2.ToDtype({tv_tensors.Image: torch.float32, tv_tensors.Mask: torch.int64, "others": None}, scale=True))
+    steps.append(
+        v2.ToDtype({tv_tensors.Image: torch.float32, tv_tensors.Mask: torch.int64, "others": None}, scale=True)
+    )
     return v2.Compose(steps)

@@ -1,4 +1,5 @@
 """Optional real data: PASCAL VOC 2012 segmentation, read from disk only."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -11,6 +11,7 @@ Steps (:func:`grade_assignment`):
    feedback and state as soon as they are done, with a progress bar;
 5. export ``grades.csv`` with nbgrader's CSV exporter and write ``reports/<assignment>/report.html``.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -21,8 +22,15 @@ from pathlib import Path
 from typing import Any
 
 from segutils.grading import state
-from segutils.grading.runner import (MAX_CELLS, MAX_DEPTH, GradingJob, GradingOptions, GradingResult,
-                                     load_course_config, resolve_two_process)
+from segutils.grading.runner import (
+    MAX_CELLS,
+    MAX_DEPTH,
+    GradingJob,
+    GradingOptions,
+    GradingResult,
+    load_course_config,
+    resolve_two_process,
+)
 
 SQLITE_BUSY_TIMEOUT = 120
 
@@ -75,7 +83,7 @@ def default_db_url(course: Path, cfg: Any) -> str:
     url = cfg.CourseDirectory.get("db_url") if "CourseDirectory" in cfg else None
     if isinstance(url, str) and url:
         if url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
-            path = Path(url[len("sqlite:///"):].split("?")[0])
+            path = Path(url[len("sqlite:///") :].split("?")[0])
             if not path.is_absolute():
                 return f"sqlite:///{(course / path).resolve()}"
         return url
@@ -140,12 +148,17 @@ def _ensure_assignment(course: Path, cfg: Any, db_url: str, assignment: str, lay
 
 
 def _note_meta(options: BatchOptions, gpus: list, cuda_seen: bool) -> list[str]:
-    notes = [f"sandbox: {'bubblewrap' if options.sandbox else 'OFF (--no-sandbox): student code ran with the grader rights'}",
-             "tests: in a grader process of their own (two-process grading)" if options.two_process else
-             "tests: in the student's kernel, watched by the guard (in-process grading)"]
+    notes = [
+        f"sandbox: {'bubblewrap' if options.sandbox else 'OFF (--no-sandbox): student code ran with the grader rights'}",
+        "tests: in a grader process of their own (two-process grading)"
+        if options.two_process
+        else "tests: in the student's kernel, watched by the guard (in-process grading)",
+    ]
     if not gpus and not cuda_seen:
-        notes.append("no GPU: the tests ran on the CPU only; the CUDA parts of the hidden tests "
-                     "(segutils.testing.devices()) were skipped")
+        notes.append(
+            "no GPU: the tests ran on the CPU only; the CUDA parts of the hidden tests "
+            "(segutils.testing.devices()) were skipped"
+        )
     elif gpus:
         notes.append(f"GPUs: {len(gpus)} ({', '.join(g.uuid for g in gpus)})")
     return notes
@@ -214,14 +227,16 @@ def grade_assignment(options: BatchOptions) -> BatchSummary:
         pool = LocalPool(options.workers, gpus, job_timeout=limits.notebook_timeout * 1.5 + 600)
 
     try:
-        return _grade_with(pool, options, course=course, cfg=cfg, layout=layout, db_url=db_url, gpus=gpus,
-                           started=started)
+        return _grade_with(
+            pool, options, course=course, cfg=cfg, layout=layout, db_url=db_url, gpus=gpus, started=started
+        )
     finally:
         pool.close()
 
 
-def _grade_with(pool: Any, options: BatchOptions, *, course: Path, cfg: Any, layout: Any, db_url: str, gpus: list,
-                started: float) -> BatchSummary:
+def _grade_with(
+    pool: Any, options: BatchOptions, *, course: Path, cfg: Any, layout: Any, db_url: str, gpus: list, started: float
+) -> BatchSummary:
     """Steps 1-5 of the module docstring, with ``pool`` ready."""
     import time
 
@@ -237,9 +252,17 @@ def _grade_with(pool: Any, options: BatchOptions, *, course: Path, cfg: Any, lay
     if not release_notebooks:
         raise GradingError(f"no release notebooks in {release_dir}")
     source_dir = course / layout.source_directory / options.assignment
-    source_files = {p.relative_to(source_dir).as_posix(): p.read_bytes() for p in sorted(source_dir.rglob("*"))
-                    if p.is_file() and p.suffix != ".ipynb" and not any(
-                        part in (".ipynb_checkpoints", "__pycache__") for part in p.parts)} if source_dir.is_dir() else {}
+    source_files = (
+        {
+            p.relative_to(source_dir).as_posix(): p.read_bytes()
+            for p in sorted(source_dir.rglob("*"))
+            if p.is_file()
+            and p.suffix != ".ipynb"
+            and not any(part in (".ipynb_checkpoints", "__pycache__") for part in p.parts)
+        }
+        if source_dir.is_dir()
+        else {}
+    )
 
     submitted = course / layout.submitted_directory
     source = Path(options.submissions).resolve() if options.submissions else submitted
@@ -253,9 +276,16 @@ def _grade_with(pool: Any, options: BatchOptions, *, course: Path, cfg: Any, lay
             raise GradingError(f"--student {', '.join(unknown)}: no submission of {options.assignment} in {submitted}")
         students = [s for s in students if s in options.students]
 
-    grading_options = GradingOptions(sandbox=options.sandbox, limits=dict(options.limits), timeout=options.timeout,
-                                     redact_hidden=options.redact_hidden, gpu=None, max_cells=options.max_cells,
-                                     max_depth=options.max_depth, two_process=options.two_process)
+    grading_options = GradingOptions(
+        sandbox=options.sandbox,
+        limits=dict(options.limits),
+        timeout=options.timeout,
+        redact_hidden=options.redact_hidden,
+        gpu=None,
+        max_cells=options.max_cells,
+        max_depth=options.max_depth,
+        two_process=options.two_process,
+    )
     course_modules = _course_modules(course)
     fingerprint = state.assignment_fingerprint(db_url, options.assignment)
     config_text = config_file.read_text(encoding="utf-8") if config_file.is_file() else ""
@@ -264,11 +294,17 @@ def _grade_with(pool: Any, options: BatchOptions, *, course: Path, cfg: Any, lay
     with Gradebook(db_url, layout.course_id) as gb:
         for student in students:
             folder = submitted / student / options.assignment
-            files = {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*"))
-                     if p.is_file() and not p.is_symlink()}
+            files = {
+                p.relative_to(folder).as_posix(): p.read_bytes()
+                for p in sorted(folder.rglob("*"))
+                if p.is_file() and not p.is_symlink()
+            }
             rejected = imported.rejected.get(student, "")
-            digest = state.submission_digest({**files, **({"\0rejected": rejected.encode()} if rejected else {})},
-                                             fingerprint, grading_options.fingerprint())
+            digest = state.submission_digest(
+                {**files, **({"\0rejected": rejected.encode()} if rejected else {})},
+                fingerprint,
+                grading_options.fingerprint(),
+            )
             previous = state.load_state(course, options.assignment, student)
             if not options.force and previous and previous.get("digest") == digest:
                 try:
@@ -279,11 +315,22 @@ def _grade_with(pool: Any, options: BatchOptions, *, course: Path, cfg: Any, lay
                 if present:
                     summary.skipped.append(student)
                     continue
-            jobs.append(GradingJob(
-                assignment=options.assignment, student=student, db_url=db_url, config_text=config_text,
-                release_notebooks=release_notebooks, source_files=source_files, submission=files, digest=digest,
-                options=grading_options, notes=list(imported.notes.get(student, [])), rejected=rejected,
-                course_modules=course_modules))
+            jobs.append(
+                GradingJob(
+                    assignment=options.assignment,
+                    student=student,
+                    db_url=db_url,
+                    config_text=config_text,
+                    release_notebooks=release_notebooks,
+                    source_files=source_files,
+                    submission=files,
+                    digest=digest,
+                    options=grading_options,
+                    notes=list(imported.notes.get(student, [])),
+                    rejected=rejected,
+                    course_modules=course_modules,
+                )
+            )
 
     bar = _progress(len(jobs), options.progress)
     counts = {"done": 0, "failed": 0}
@@ -293,7 +340,9 @@ def _grade_with(pool: Any, options: BatchOptions, *, course: Path, cfg: Any, lay
         nonlocal cuda_seen
         _store(course, layout, options.assignment, result)
         cuda_seen = cuda_seen or result.cuda_devices > 0
-        {"failed": summary.failed, "rejected": summary.rejected}.get(result.status, summary.graded).append(result.student)
+        {"failed": summary.failed, "rejected": summary.rejected}.get(result.status, summary.graded).append(
+            result.student
+        )
         counts["failed" if result.status == "failed" else "done"] += 1
         bar.update(1)
         bar.set_postfix(done=counts["done"], failed=counts["failed"], remaining=len(jobs) - sum(counts.values()))
@@ -309,11 +358,14 @@ def _grade_with(pool: Any, options: BatchOptions, *, course: Path, cfg: Any, lay
     summary.csv = _export_csv(course, db_url, layout)
     results = [s for s in (state.load_state(course, options.assignment, st) for st in imported.students) if s]
     if results:
-        meta = {"when": f"Generated {datetime.datetime.now().isoformat(timespec='seconds')}.",
-                "notes": _note_meta(options, gpus, cuda_seen or any(r.get("cuda_devices") for r in results))
-                + [f"import: {p}" for p in summary.problems]}
-        summary.report = write_report(state.report_dir(course, options.assignment) / "report.html",
-                                      options.assignment, results, meta)
+        meta = {
+            "when": f"Generated {datetime.datetime.now().isoformat(timespec='seconds')}.",
+            "notes": _note_meta(options, gpus, cuda_seen or any(r.get("cuda_devices") for r in results))
+            + [f"import: {p}" for p in summary.problems],
+        }
+        summary.report = write_report(
+            state.report_dir(course, options.assignment) / "report.html", options.assignment, results, meta
+        )
     summary.seconds = time.monotonic() - started
     return summary
 
@@ -321,8 +373,11 @@ def _grade_with(pool: Any, options: BatchOptions, *, course: Path, cfg: Any, lay
 def _course_modules(course: Path, limit: int = 1 << 20) -> dict[str, bytes]:
     """The Python files at the top of the course directory besides its config (a late-penalty plugin
     ``late.py`` that the config names as ``'late.SubMarks'``), for jobs that run elsewhere."""
-    return {p.name: p.read_bytes() for p in sorted(course.glob("*.py"))
-            if p.name != "nbgrader_config.py" and p.is_file() and p.stat().st_size <= limit}
+    return {
+        p.name: p.read_bytes()
+        for p in sorted(course.glob("*.py"))
+        if p.name != "nbgrader_config.py" and p.is_file() and p.stat().st_size <= limit
+    }
 
 
 def _store(course: Path, layout: Any, assignment: str, result: GradingResult) -> None:

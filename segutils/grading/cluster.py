@@ -7,13 +7,14 @@ with ``CUDA_VISIBLE_DEVICES`` naming their GPU. Jobs carry the submission's byte
 autograded and feedback files, so workers need no shared file system, only the gradebook: with
 workers on other machines that must be a database server (PostgreSQL), never a SQLite file.
 """
+
 from __future__ import annotations
 
 import ipaddress
 import socket
+from collections.abc import Callable, Iterable
 from concurrent.futures import CancelledError
 from dataclasses import replace
-from typing import Callable, Iterable
 from urllib.parse import urlparse
 
 from segutils.grading.pool import failed_result, run_job_subprocess
@@ -74,7 +75,8 @@ def check_gradebook_for_cluster(db_url: str, worker_addresses: Iterable[str], lo
             f"the gradebook is a SQLite file ({db_url}), but Dask workers run on other machines "
             f"({', '.join(remote)}): several machines cannot write one SQLite file safely. Use a database server, "
             "e.g. --db postgresql+psycopg2://USER:PASSWORD@HOST/DB (pip install psycopg2-binary), reachable from "
-            "every worker")
+            "every worker"
+        )
 
 
 class DaskPool:
@@ -84,8 +86,7 @@ class DaskPool:
         try:
             from distributed import Client
         except ImportError as error:
-            raise ClusterConfigError(
-                "--scheduler needs Dask distributed: pip install 'dask[distributed]'") from error
+            raise ClusterConfigError("--scheduler needs Dask distributed: pip install 'dask[distributed]'") from error
         self.client = Client(address, timeout=connect_timeout)
         self.gpus = gpus
         workers = self.client.scheduler_info().get("workers", {})
@@ -99,8 +100,9 @@ class DaskPool:
             raise
         if gpus and not any(w.get("resources", {}).get("GPU") for w in workers.values()):
             self.client.close()
-            raise ClusterConfigError("--gpus was given, but no Dask worker advertises a GPU resource "
-                                     "(start them with --resources GPU=1)")
+            raise ClusterConfigError(
+                "--gpus was given, but no Dask worker advertises a GPU resource (start them with --resources GPU=1)"
+            )
 
     def run(self, jobs: Iterable[GradingJob], on_result: Callable[[GradingResult], None]) -> None:
         from distributed import as_completed
@@ -110,8 +112,13 @@ class DaskPool:
             for job in jobs:
                 if self.gpus:
                     job = replace(job, options=replace(job.options, gpu="inherit"))
-                future = self.client.submit(grade_on_worker, job, pure=False, key=f"grade-{job.student}-{job.digest[:12]}",
-                                            resources={"GPU": 1} if self.gpus else None)
+                future = self.client.submit(
+                    grade_on_worker,
+                    job,
+                    pure=False,
+                    key=f"grade-{job.student}-{job.digest[:12]}",
+                    resources={"GPU": 1} if self.gpus else None,
+                )
                 futures[future] = job
             for future in as_completed(list(futures)):
                 job = futures.pop(future)

@@ -3,6 +3,7 @@
 ``nbgrader_config.py`` puts it first among ``GenerateAssignment``'s preprocessors, so the locked cells
 nbgrader stores in the gradebook (and restores in a submission) hold the filled text, the same as the release.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -28,8 +29,10 @@ class FillCourseIdentity(NbGraderPreprocessor):
         start = Path(resources.get("metadata", {}).get("path") or ".")
         found = course.find_course_file(start) or course.find_course_file(_repository_root())
         if found is None:
-            raise course.CourseError(f"the notebook in {start} uses course tokens ({{{{ repo_url }}}}...) but no "
-                                     "course.toml was found above it: run `segutils course init`")
+            raise course.CourseError(
+                f"the notebook in {start} uses course tokens ({{{{ repo_url }}}}...) but no "
+                "course.toml was found above it: run `segutils course init`"
+            )
         identity = course.load(found.parent)
         for cell in nb.cells:
             cell.source = course.fill(cell.source, identity)

@@ -24,6 +24,7 @@ on. After ``max_kernel_deaths`` deaths the remaining cells are reported as not r
 Everything this process reports is *data* to the trusted side: it decides scores from it, and
 validates it before use.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -64,10 +65,18 @@ class _Record:
 
     def to_json(self) -> dict:
         return {
-            "type": "cell", "index": self.index, "status": self.status, "ename": self.ename,
-            "evalue": self.evalue[:10_000], "traceback": self.traceback[-MAX_TRACEBACK_LINES:],
-            "outputs": self.outputs, "execution_count": self.execution_count, "seconds": round(self.seconds, 3),
-            "output_truncated": self.output_truncated, "restored": self.restored, "tampered": self.tampered,
+            "type": "cell",
+            "index": self.index,
+            "status": self.status,
+            "ename": self.ename,
+            "evalue": self.evalue[:10_000],
+            "traceback": self.traceback[-MAX_TRACEBACK_LINES:],
+            "outputs": self.outputs,
+            "execution_count": self.execution_count,
+            "seconds": round(self.seconds, 3),
+            "output_truncated": self.output_truncated,
+            "restored": self.restored,
+            "tampered": self.tampered,
             "notes": self.notes,
         }
 
@@ -151,15 +160,26 @@ class Executor:
         cls = _client_class()
         limits = self.limits
         client = cls(
-            self.nb, timeout=int(limits.cell_timeout), kernel_name="python3", allow_errors=True,
-            interrupt_on_timeout=True, raise_on_iopub_timeout=True,
+            self.nb,
+            timeout=int(limits.cell_timeout),
+            kernel_name="python3",
+            allow_errors=True,
+            interrupt_on_timeout=True,
+            raise_on_iopub_timeout=True,
             iopub_timeout=int(min(30, max(5, limits.cell_timeout))),
-            startup_timeout=int(self.spec.get("startup_timeout", 120)), shutdown_kernel="immediate",
-            skip_cells_with_tag="\0never", record_timing=False, coalesce_streams=True,
+            startup_timeout=int(self.spec.get("startup_timeout", 120)),
+            shutdown_kernel="immediate",
+            skip_cells_with_tag="\0never",
+            record_timing=False,
+            coalesce_streams=True,
             extra_arguments=["--HistoryManager.hist_file=:memory:"],
-            error_on_timeout={"ename": "CellTimeoutError", "evalue": f"the cell ran longer than {limits.cell_timeout:g} s",
-                              "traceback": [f"CellTimeoutError: the cell ran longer than {limits.cell_timeout:g} s "
-                                            "and was interrupted"]},
+            error_on_timeout={
+                "ename": "CellTimeoutError",
+                "evalue": f"the cell ran longer than {limits.cell_timeout:g} s",
+                "traceback": [
+                    f"CellTimeoutError: the cell ran longer than {limits.cell_timeout:g} s and was interrupted"
+                ],
+            },
         )
         client.cell_cap = limits.cell_output_bytes
         client.notebook_cap = limits.notebook_output_bytes
@@ -305,12 +325,17 @@ class Executor:
             if content.get("ename") == "CellTimeoutError":
                 status = "timeout"
         except DeadKernelError:
-            status, content = "died", {"ename": "KernelDied", "evalue": f"the kernel died while this cell ran ({self.kernel_exit()})"}
+            status, content = (
+                "died",
+                {"ename": "KernelDied", "evalue": f"the kernel died while this cell ran ({self.kernel_exit()})"},
+            )
         except (CellTimeoutError, asyncio.TimeoutError):
             status = "hung"
-            content = {"ename": "CellTimeoutError",
-                       "evalue": f"the cell ran longer than {self.limits.cell_timeout:g} s and did not stop when "
-                                 "interrupted; the kernel was killed"}
+            content = {
+                "ename": "CellTimeoutError",
+                "evalue": f"the cell ran longer than {self.limits.cell_timeout:g} s and did not stop when "
+                "interrupted; the kernel was killed",
+            }
         if record is None:
             return status
         record.seconds = time.monotonic() - started
@@ -423,8 +448,14 @@ class Executor:
                 await self._pin(index)
             self.kill_strays(record)
             self.emit(record.to_json())
-        self.emit({"type": "end", "seconds": round(time.monotonic() - started, 3), "notes": self.notes,
-                   "kernel_deaths": self.deaths})
+        self.emit(
+            {
+                "type": "end",
+                "seconds": round(time.monotonic() - started, 3),
+                "notes": self.notes,
+                "kernel_deaths": self.deaths,
+            }
+        )
         await self.kill_everything()
 
 
@@ -438,7 +469,7 @@ def _processes() -> list[tuple[int, str, int]]:
             stat = Path(f"/proc/{name}/stat").read_text()
         except OSError:
             continue
-        fields = stat[stat.rindex(")") + 2:].split()
+        fields = stat[stat.rindex(")") + 2 :].split()
         found.append((int(name), fields[0], int(fields[1])))
     return found
 

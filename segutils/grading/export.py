@@ -16,6 +16,7 @@ for a missing submission (as ``nbgrader export`` writes it).
 - ``csv``: one row per student and assignment with the status (``graded``, ``late``, ``rejected``,
   ``missing``), the hours late, the raw score, the penalty, the score and the maximum.
 """
+
 from __future__ import annotations
 
 import csv
@@ -26,8 +27,19 @@ from pathlib import Path
 FORMATS = ("canvas", "moodle", "csv")
 CANVAS_IDENTITY = ["Student", "ID", "SIS User ID", "SIS Login ID", "Section"]
 MOODLE_IDENTITY = ["First name", "Last name", "ID number", "Email address"]
-CSV_COLUMNS = ["student_id", "last_name", "first_name", "email", "assignment", "status", "hours_late", "raw_score",
-               "late_penalty", "score", "max_score"]
+CSV_COLUMNS = [
+    "student_id",
+    "last_name",
+    "first_name",
+    "email",
+    "assignment",
+    "status",
+    "hours_late",
+    "raw_score",
+    "late_penalty",
+    "score",
+    "max_score",
+]
 
 
 @dataclass(frozen=True)
@@ -76,9 +88,14 @@ def read_entries(db_url: str, course: Path | None = None, course_id: str = "") -
         names = [a.name for a in assignments]
         for student in sorted(gb.students, key=lambda s: s.id):
             for assignment in assignments:
-                common = dict(student=student.id, last_name=student.last_name or "", first_name=student.first_name or "",
-                              email=student.email or "", assignment=assignment.name,
-                              max_score=float(assignment.max_score or 0.0))
+                common = dict(
+                    student=student.id,
+                    last_name=student.last_name or "",
+                    first_name=student.first_name or "",
+                    email=student.email or "",
+                    assignment=assignment.name,
+                    max_score=float(assignment.max_score or 0.0),
+                )
                 try:
                     submission = gb.find_submission(assignment.name, student.id)
                 except MissingEntry:
@@ -86,17 +103,27 @@ def read_entries(db_url: str, course: Path | None = None, course_id: str = "") -
                     continue
                 seconds = float(submission.total_seconds_late or 0.0)
                 saved = state.load_state(course, assignment.name, student.id) if course else None
-                status = "rejected" if saved and saved.get("status") == "rejected" else "late" if seconds > 0 else "graded"
-                entries.append(Entry(**common, status=status, seconds_late=seconds,
-                                     raw_score=float(submission.score or 0.0),
-                                     late_penalty=float(submission.late_submission_penalty or 0.0)))
+                status = (
+                    "rejected" if saved and saved.get("status") == "rejected" else "late" if seconds > 0 else "graded"
+                )
+                entries.append(
+                    Entry(
+                        **common,
+                        status=status,
+                        seconds_late=seconds,
+                        raw_score=float(submission.score or 0.0),
+                        late_penalty=float(submission.late_submission_penalty or 0.0),
+                    )
+                )
     return names, entries
 
 
 def _penalty_note(entry: Entry) -> str:
     if entry.status == "late":
-        return (f"submitted {entry.seconds_late / 3600:.2f} h late: late penalty {_number(entry.late_penalty)} of "
-                f"{_number(entry.raw_score)} points")
+        return (
+            f"submitted {entry.seconds_late / 3600:.2f} h late: late penalty {_number(entry.late_penalty)} of "
+            f"{_number(entry.raw_score)} points"
+        )
     return {"missing": "no submission", "rejected": "submission rejected (see the feedback)"}.get(entry.status, "")
 
 
@@ -121,20 +148,35 @@ def render(fmt: str, assignments: list[str], entries: list[Entry]) -> str:
         writer.writerow(MOODLE_IDENTITY + assignments + [f"{a} feedback" for a in assignments])
         for student, row in by_student.items():
             first = next(iter(row.values()))
-            writer.writerow([_cell(first.first_name), _cell(first.last_name), student, _cell(first.email)]
-                            + [_number(row[a].score) for a in assignments]
-                            + [_penalty_note(row[a]) for a in assignments])
+            writer.writerow(
+                [_cell(first.first_name), _cell(first.last_name), student, _cell(first.email)]
+                + [_number(row[a].score) for a in assignments]
+                + [_penalty_note(row[a]) for a in assignments]
+            )
     else:
         writer.writerow(CSV_COLUMNS)
         for entry in entries:
-            writer.writerow([entry.student, _cell(entry.last_name), _cell(entry.first_name), _cell(entry.email),
-                             entry.assignment, entry.status, f"{entry.seconds_late / 3600:.2f}",
-                             _number(entry.raw_score), _number(entry.late_penalty), _number(entry.score),
-                             _number(entry.max_score)])
+            writer.writerow(
+                [
+                    entry.student,
+                    _cell(entry.last_name),
+                    _cell(entry.first_name),
+                    _cell(entry.email),
+                    entry.assignment,
+                    entry.status,
+                    f"{entry.seconds_late / 3600:.2f}",
+                    _number(entry.raw_score),
+                    _number(entry.late_penalty),
+                    _number(entry.score),
+                    _number(entry.max_score),
+                ]
+            )
     return buffer.getvalue()
 
 
-def export(fmt: str, db_url: str, course: Path, course_id: str = "", path: Path | None = None) -> tuple[Path, list[str]]:
+def export(
+    fmt: str, db_url: str, course: Path, course_id: str = "", path: Path | None = None
+) -> tuple[Path, list[str]]:
     """Write the gradebook of ``course`` in format ``fmt`` to ``path`` (default ``reports/grades-<fmt>.csv``).
 
     Returns:

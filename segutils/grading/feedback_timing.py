@@ -10,6 +10,7 @@ The feedback pages are written again from the autograded notebooks and the grade
   score (one cell runs the visible and the hidden checks together, so its outcome would tell the hidden
   result), and a note; the page's total counts the other cells only.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -22,6 +23,7 @@ from nbgrader.preprocessors import NbGraderPreprocessor
 from traitlets import Bool, Unicode
 
 from segutils.grading.post import MODES  # noqa: E402
+
 BEGIN, END = "BEGIN HIDDEN TESTS", "END HIDDEN TESTS"
 
 
@@ -74,13 +76,22 @@ def released(mode: str, due: datetime.datetime | None, now: datetime.datetime) -
     if mode not in MODES:
         raise ValueError(f"--release-feedback: expected one of {', '.join(MODES)}, got {mode!r}")
     if mode == "after-deadline" and due is None:
-        raise ValueError("--release-feedback after-deadline: the assignment has no due date in the gradebook "
-                         "(nbgrader db assignment add ASSIGNMENT --duedate='2027-03-01 23:59:00 UTC')")
+        raise ValueError(
+            "--release-feedback after-deadline: the assignment has no due date in the gradebook "
+            "(nbgrader db assignment add ASSIGNMENT --duedate='2027-03-01 23:59:00 UTC')"
+        )
     return mode == "now" or (mode == "after-deadline" and now >= due)
 
 
-def regenerate_feedback(course: Path, cfg: Any, db_url: str, assignment: str, mode: str,
-                        now: datetime.datetime | None = None, students: list[str] | None = None) -> str:
+def regenerate_feedback(
+    course: Path,
+    cfg: Any,
+    db_url: str,
+    assignment: str,
+    mode: str,
+    now: datetime.datetime | None = None,
+    students: list[str] | None = None,
+) -> str:
     """Write ``feedback/<student>/<assignment>/`` again for every autograded student under ``mode``.
 
     Returns:
@@ -102,11 +113,18 @@ def regenerate_feedback(course: Path, cfg: Any, db_url: str, assignment: str, mo
     cfg = cfg.copy()
     cfg.CourseDirectory.root = str(course)
     cfg.CourseDirectory.db_url = db_url
-    cfg.GenerateFeedback.preprocessors = [GetGrades, WithholdHiddenResults, RedactHiddenTests,
-                                          CSSHTMLHeaderPreprocessor]
+    cfg.GenerateFeedback.preprocessors = [
+        GetGrades,
+        WithholdHiddenResults,
+        RedactHiddenTests,
+        CSSHTMLHeaderPreprocessor,
+    ]
     cfg.WithholdHiddenResults.withhold = not show
-    cfg.WithholdHiddenResults.note = (f"results released after the deadline, {due:%Y-%m-%d %H:%M} UTC"
-                                      if mode == "after-deadline" else "results not released")
+    cfg.WithholdHiddenResults.note = (
+        f"results released after the deadline, {due:%Y-%m-%d %H:%M} UTC"
+        if mode == "after-deadline"
+        else "results not released"
+    )
     cfg.RedactHiddenTests.enabled = True
     configure_feedback(cfg)
     layout = CourseDirectory(config=cfg)

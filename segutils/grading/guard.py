@@ -31,6 +31,7 @@ Every public function returns a JSON string (read by the executor from ``user_ex
 the nonce it was called with, so that a kernel that no longer runs code cannot fake an answer
 without knowing this protocol.
 """
+
 from __future__ import annotations
 
 import builtins
@@ -46,8 +47,18 @@ _WATCHED_CLASSES = ("torch.Tensor", "torch.nn.Module")
 _TESTING_PACKAGE = "segutils.testing"
 _SYS_HOOKS = ("excepthook", "displayhook", "stdout", "stderr", "breakpointhook")
 _SHELL_LISTS = ("input_transformers_cleanup", "input_transformers_post", "ast_transformers")
-_SHELL_OBJECTS = ("compile", "displayhook", "display_pub", "display_trap", "input_transformer_manager",
-                  "CustomTB", "InteractiveTB", "SyntaxTB", "user_ns", "user_global_ns")
+_SHELL_OBJECTS = (
+    "compile",
+    "displayhook",
+    "display_pub",
+    "display_trap",
+    "input_transformer_manager",
+    "CustomTB",
+    "InteractiveTB",
+    "SyntaxTB",
+    "user_ns",
+    "user_global_ns",
+)
 _MISSING = object()
 
 
@@ -55,8 +66,7 @@ class _Guard:
     """Snapshot of what tests rely on; ``changes()`` lists (and optionally undoes) every difference."""
 
     def __init__(self, modules: list[str]) -> None:
-        self.trusted_roots = tuple(
-            os.path.realpath(p) + os.sep for p in {sys.prefix, sys.base_prefix, _segutils_dir()})
+        self.trusted_roots = tuple(os.path.realpath(p) + os.sep for p in {sys.prefix, sys.base_prefix, _segutils_dir()})
         self.failed_imports: list[str] = []
         self.modules: dict[str, types.ModuleType] = {}
         for name in dict.fromkeys([_TESTING_PACKAGE, *modules]):
@@ -70,7 +80,10 @@ class _Guard:
             if name.startswith(_TESTING_PACKAGE + ".") and isinstance(module, types.ModuleType):
                 self.modules.setdefault(name, module)
         self.namespaces: dict[str, tuple[Any, dict[str, Any]]] = {}
-        self.namespaces["builtins"] = (builtins, {k: v for k, v in vars(builtins).items() if k not in _UNDERSCORE_NAMES})
+        self.namespaces["builtins"] = (
+            builtins,
+            {k: v for k, v in vars(builtins).items() if k not in _UNDERSCORE_NAMES},
+        )
         for name, module in self.modules.items():
             self.namespaces[name] = (module, {k: v for k, v in vars(module).items() if _watchable(v)})
         for dotted in _WATCHED_CLASSES:
@@ -93,8 +106,13 @@ class _Guard:
         shell = self.shell
         kernel = getattr(shell, "kernel", None)
         session = getattr(kernel, "session", None)
-        owners = {"shell": shell, "kernel": kernel, "session": session,
-                  "displayhook": getattr(shell, "displayhook", None), "display_pub": getattr(shell, "display_pub", None)}
+        owners = {
+            "shell": shell,
+            "kernel": kernel,
+            "session": session,
+            "displayhook": getattr(shell, "displayhook", None),
+            "display_pub": getattr(shell, "display_pub", None),
+        }
         for label, obj in owners.items():
             if obj is None:
                 continue
@@ -303,8 +321,7 @@ def install(nonce: str, modules: list[str]) -> str:
             cuda = int(torch.cuda.device_count()) if torch.cuda.is_available() else 0
         except Exception:  # noqa: BLE001
             cuda = 0
-    return _answer(nonce, cuda_devices=cuda, failed_imports=_GUARD.failed_imports,
-                   modules=sorted(_GUARD.modules))
+    return _answer(nonce, cuda_devices=cuda, failed_imports=_GUARD.failed_imports, modules=sorted(_GUARD.modules))
 
 
 def pin(nonce: str, names: list[str]) -> str:

@@ -19,6 +19,7 @@ folder, a name longer than the file system allows) rejects that student only
 (an empty or non-JSON notebook is imported as is; the runner rejects it with a message and a
 score of 0).
 """
+
 from __future__ import annotations
 
 import re
@@ -90,8 +91,9 @@ def import_submissions(source: Path, submitted: Path, assignment: str, notebooks
     else:
         _import_flat(source, submitted, assignment, notebooks, report)
     if submitted.is_dir():
-        report.students = sorted(d.name for d in submitted.iterdir()
-                                 if (d / assignment).is_dir() and valid_student_id(d.name))
+        report.students = sorted(
+            d.name for d in submitted.iterdir() if (d / assignment).is_dir() and valid_student_id(d.name)
+        )
     return report
 
 
@@ -141,8 +143,11 @@ def _import_flat(source: Path, submitted: Path, assignment: str, notebooks: list
                 files = {}
         elif "ipynb" in found:
             if len(notebooks) != 1:
-                report.note(student, f"{assignment} has {len(notebooks)} notebooks: a single .ipynb cannot be "
-                                     "matched to them (submit a zip)")
+                report.note(
+                    student,
+                    f"{assignment} has {len(notebooks)} notebooks: a single .ipynb cannot be "
+                    "matched to them (submit a zip)",
+                )
                 files = {}
             else:
                 files = {notebooks[0]: found["ipynb"].read_bytes()}
@@ -196,8 +201,9 @@ def _check_storable(files: dict[str, bytes]) -> None:
             raise ArchiveRejected(f"member {name[:60]!r}... has a path longer than {MAX_PATH_BYTES} bytes")
         for part in PurePosixPath(name).parts:
             if len(part.encode("utf-8", "surrogateescape")) > MAX_NAME_BYTES:
-                raise ArchiveRejected(f"member {name[:60]!r}... has a name longer than the {MAX_NAME_BYTES} bytes "
-                                      "a file system allows")
+                raise ArchiveRejected(
+                    f"member {name[:60]!r}... has a name longer than the {MAX_NAME_BYTES} bytes a file system allows"
+                )
         if name in folders:
             raise ArchiveRejected(f"{name!r} is both a file and a folder in the archive")
 
@@ -237,8 +243,10 @@ def unpack_zip(path: Path, assignment: str, notebooks: list[str], note) -> dict[
     files = _strip_common_folder(files)
     _check_storable(files)
     if files.pop("timestamp.txt", None) is not None:
-        note("the timestamp.txt inside the zip was ignored: the submission time is the collection's "
-             "(<student>.timestamp.txt beside the zip), never the student's own file")
+        note(
+            "the timestamp.txt inside the zip was ignored: the submission time is the collection's "
+            "(<student>.timestamp.txt beside the zip), never the student's own file"
+        )
     found = [name for name in files if name.endswith(".ipynb")]
     if len(notebooks) == 1 and notebooks[0] not in files and len(found) == 1:
         note(f"notebook {found[0]} renamed to {notebooks[0]}")

@@ -14,6 +14,7 @@ time; the server exits at the end of its stdin.
 Lifetime: the server gets ``SIGKILL`` when the thread that started it dies, and each job when the
 server dies (``PR_SET_PDEATHSIG``), so no job outlives a killed batch.
 """
+
 from __future__ import annotations
 
 import json

@@ -8,6 +8,7 @@ workers) starts a fresh interpreter per job through :func:`segutils.grading.sand
 Slot ``i`` gets GPU ``i % len(gpus)`` (each slot one GPU when there are as many GPUs as workers).
 Jobs never outlive the batch: each process is killed when its parent dies (``PR_SET_PDEATHSIG``).
 """
+
 from __future__ import annotations
 
 import json
@@ -21,10 +22,10 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import replace
 from pathlib import Path
-from typing import Callable, Iterable
 
 from segutils.grading.jobserver import die_with_parent
 from segutils.grading.runner import GradingJob, GradingResult
@@ -35,8 +36,19 @@ _RUNNING_LOCK = threading.Lock()
 
 
 def failed_result(job: GradingJob, message: str) -> GradingResult:
-    return GradingResult(student=job.student, status="failed", message=message, score=0.0, max_score=0.0, cells={},
-                         notes=list(job.notes), seconds=0.0, exec_seconds=0.0, cuda_devices=0, digest="")
+    return GradingResult(
+        student=job.student,
+        status="failed",
+        message=message,
+        score=0.0,
+        max_score=0.0,
+        cells={},
+        notes=list(job.notes),
+        seconds=0.0,
+        exec_seconds=0.0,
+        cuda_devices=0,
+        digest="",
+    )
 
 
 def _timed_out(job: GradingJob, timeout: float | None) -> GradingResult:
@@ -108,9 +120,15 @@ def run_job_subprocess(job: GradingJob, timeout: float | None = None) -> Grading
     with tempfile.TemporaryDirectory(prefix="segutils-job-") as tmp:
         job_path, result_path, log_path = _job_files(job, tmp)
         with open(log_path, "wb") as log:
-            process = subprocess.Popen(bootstrap_command(sys.executable, "runner", [str(job_path), str(result_path)]),
-                                       stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=_job_environment(),
-                                       start_new_session=True, preexec_fn=die_with_parent)
+            process = subprocess.Popen(
+                bootstrap_command(sys.executable, "runner", [str(job_path), str(result_path)]),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                env=_job_environment(),
+                start_new_session=True,
+                preexec_fn=die_with_parent,
+            )
         with _Tracked(process.pid):
             try:
                 process.wait(timeout=timeout)
@@ -133,9 +151,15 @@ class JobServer:
 
     def __init__(self) -> None:
         self._stderr = tempfile.TemporaryFile()
-        self.process = subprocess.Popen(bootstrap_command(sys.executable, "jobserver", []), stdin=subprocess.PIPE,
-                                        stdout=subprocess.PIPE, stderr=self._stderr, env=_job_environment(),
-                                        start_new_session=True, preexec_fn=die_with_parent)
+        self.process = subprocess.Popen(
+            bootstrap_command(sys.executable, "jobserver", []),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._stderr,
+            env=_job_environment(),
+            start_new_session=True,
+            preexec_fn=die_with_parent,
+        )
         self._buffer = b""
 
     def alive(self) -> bool:

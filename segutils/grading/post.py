@@ -4,6 +4,7 @@
 :func:`~segutils.grading.regrade.regrade_cell` with ``--cell``); :func:`after_batch` then writes the feedback
 pages again under the release policy and exports the gradebook, and returns the lines to print.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,15 +19,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of this module on the ``grade`` parser."""
     from segutils.grading.export import FORMATS  # no heavy import: the parser is built for every command
 
-    parser.add_argument("--cell", metavar="GRADE_ID", default=None,
-                        help="regrade only this test cell, for every student (after changing its test): other "
-                             "cells' grades, manual grades and comments are kept; lists whose totals changed")
-    parser.add_argument("--release-feedback", choices=MODES, default=None,
-                        help="hidden tests' results in the feedback: 'now' (names and messages, never the source), "
-                             "'after-deadline' (visible tests only until the gradebook's due date), 'never'")
-    parser.add_argument("--export", choices=FORMATS, action="append", default=[],
-                        help="also write the gradebook for a learning platform: reports/grades-FORMAT.csv "
-                             "(repeatable)")
+    parser.add_argument(
+        "--cell",
+        metavar="GRADE_ID",
+        default=None,
+        help="regrade only this test cell, for every student (after changing its test): other "
+        "cells' grades, manual grades and comments are kept; lists whose totals changed",
+    )
+    parser.add_argument(
+        "--release-feedback",
+        choices=MODES,
+        default=None,
+        help="hidden tests' results in the feedback: 'now' (names and messages, never the source), "
+        "'after-deadline' (visible tests only until the gradebook's due date), 'never'",
+    )
+    parser.add_argument(
+        "--export",
+        choices=FORMATS,
+        action="append",
+        default=[],
+        help="also write the gradebook for a learning platform: reports/grades-FORMAT.csv (repeatable)",
+    )
 
 
 def run_batch(options: Any, args: argparse.Namespace) -> tuple[Any, list[str]]:
@@ -38,8 +51,9 @@ def run_batch(options: Any, args: argparse.Namespace) -> tuple[Any, list[str]]:
     from segutils.grading.regrade import regrade_cell
 
     regraded = regrade_cell(options, args.cell)
-    lines = [f"  regraded cell {regraded.cell} for {regraded.students} students; totals changed: "
-             f"{len(regraded.changed)}"]
+    lines = [
+        f"  regraded cell {regraded.cell} for {regraded.students} students; totals changed: {len(regraded.changed)}"
+    ]
     lines += [f"    {student}: {old:g} -> {new:g}" for student, (old, new) in regraded.changed.items()]
     return regraded.batch, lines
 
@@ -64,8 +78,17 @@ def after_batch(options: Any, args: argparse.Namespace) -> list[str]:
         from segutils.grading.feedback_timing import regenerate_feedback
 
         try:
-            lines.append("  " + regenerate_feedback(course, cfg, db_url, options.assignment, args.release_feedback,
-                                                    students=list(options.students) or None))
+            lines.append(
+                "  "
+                + regenerate_feedback(
+                    course,
+                    cfg,
+                    db_url,
+                    options.assignment,
+                    args.release_feedback,
+                    students=list(options.students) or None,
+                )
+            )
         except ValueError as error:
             raise GradingError(str(error)) from None
     for fmt in dict.fromkeys(args.export):

@@ -18,6 +18,7 @@ They plug into nbgrader's own converters through its configuration
 
 Per-notebook details (notes, cell results, timings) go to :data:`DETAILS`, read by the runner.
 """
+
 from __future__ import annotations
 
 import ast
@@ -63,12 +64,12 @@ def _nbgrader_meta(cell: NotebookNode) -> dict:
     return meta if isinstance(meta, dict) else {}
 
 
-
 def _move_home(env: dict[str, str], home: Path) -> None:
     """Point the sandbox environment's home folders (``HOME`` and the tools' folders under it) at ``home``,
     for a run without the sandbox, whose ``/tmp/home`` does not exist."""
     for key in ("HOME", "MPLCONFIGDIR", "IPYTHONDIR", "JUPYTER_RUNTIME_DIR"):
         env[key] = str(home / Path(env[key]).relative_to(f"{sandbox.SANDBOX_TMP}/home")) if key != "HOME" else str(home)
+
 
 class RestoreStructure(NbGraderPreprocessor):
     """Rebuild the notebook's graded structure from the gradebook (tamper protection).
@@ -94,7 +95,8 @@ class RestoreStructure(NbGraderPreprocessor):
             solutions = {c.name for c in source_nb.solution_cells}
             tasks = {c.name for c in source_nb.task_cells}
             known_specs = {
-                name: {"cell_type": c.cell_type, "locked": bool(c.locked), "source": c.source} for name, c in sources.items()
+                name: {"cell_type": c.cell_type, "locked": bool(c.locked), "source": c.source}
+                for name, c in sources.items()
             }
         order = [gid for gid in self.cell_order.get(notebook_id, []) if gid in known_specs]
         order += [gid for gid in known_specs if gid not in order]
@@ -129,18 +131,29 @@ class RestoreStructure(NbGraderPreprocessor):
             else:
                 old = _nbgrader_meta(cell)
                 if gid in points and "points" in old and _as_float(old.get("points")) != points[gid]:
-                    notes.append(f"cell {gid!r}: points changed to {old.get('points')!r} in the submission; "
-                                 f"restored to {points[gid]:g}")
-                for flag, value in (("locked", spec["locked"]), ("grade", gid in points),
-                                    ("solution", gid in solutions)):
+                    notes.append(
+                        f"cell {gid!r}: points changed to {old.get('points')!r} in the submission; "
+                        f"restored to {points[gid]:g}"
+                    )
+                for flag, value in (
+                    ("locked", spec["locked"]),
+                    ("grade", gid in points),
+                    ("solution", gid in solutions),
+                ):
                     if bool(old.get(flag, False)) != value:
                         notes.append(f"cell {gid!r}: metadata {flag!r} changed in the submission; restored")
                 if spec["locked"] and gid in released and cell.get("source") != released[gid]:
                     notes.append(f"locked cell {gid!r} was edited in the submission; its original was restored")
                 if cell.get("cell_type") != spec["cell_type"]:
                     notes.append(f"cell {gid!r} was turned into a {cell.get('cell_type')} cell; restored")
-            meta = {"grade": gid in points, "grade_id": gid, "locked": spec["locked"], "schema_version": 3,
-                    "solution": gid in solutions, "task": gid in tasks}
+            meta = {
+                "grade": gid in points,
+                "grade_id": gid,
+                "locked": spec["locked"],
+                "schema_version": 3,
+                "solution": gid in solutions,
+                "task": gid in tasks,
+            }
             if gid in points:
                 meta["points"] = points[gid]
             cell.metadata = nbformat.from_dict({"nbgrader": meta})
@@ -226,9 +239,13 @@ def clean_output(output: Any, limit: int) -> NotebookNode | None:
         return nbformat.v4.new_output("stream", name=output["name"], text=_text(output.get("text", ""), limit))
     if kind == "error":
         tb = output.get("traceback", [])
-        tb = [_text(line, 10_000) for line in tb[-sandbox_traceback_lines():]] if isinstance(tb, list) else []
-        return nbformat.v4.new_output("error", ename=_text(output.get("ename", "Error"), 200),
-                                      evalue=_text(output.get("evalue", ""), 10_000), traceback=tb)
+        tb = [_text(line, 10_000) for line in tb[-sandbox_traceback_lines() :]] if isinstance(tb, list) else []
+        return nbformat.v4.new_output(
+            "error",
+            ename=_text(output.get("ename", "Error"), 200),
+            evalue=_text(output.get("evalue", ""), 10_000),
+            traceback=tb,
+        )
     if kind in ("display_data", "execute_result"):
         data = output.get("data", {})
         if not isinstance(data, dict):
@@ -237,7 +254,9 @@ def clean_output(output: Any, limit: int) -> NotebookNode | None:
         for mime, value in data.items():
             if not isinstance(mime, str):
                 continue
-            clean[mime[:100]] = value if mime.endswith("json") and isinstance(value, (dict, list)) else _text(value, limit)
+            clean[mime[:100]] = (
+                value if mime.endswith("json") and isinstance(value, (dict, list)) else _text(value, limit)
+            )
         metadata = output.get("metadata", {})
         metadata = metadata if isinstance(metadata, dict) else {}
         try:
@@ -246,8 +265,12 @@ def clean_output(output: Any, limit: int) -> NotebookNode | None:
             metadata = {}
         if kind == "execute_result":
             count = output.get("execution_count")
-            return nbformat.v4.new_output("execute_result", data=clean, metadata=metadata,
-                                          execution_count=count if isinstance(count, int) else None)
+            return nbformat.v4.new_output(
+                "execute_result",
+                data=clean,
+                metadata=metadata,
+                execution_count=count if isinstance(count, int) else None,
+            )
         return nbformat.v4.new_output("display_data", data=clean, metadata=metadata)
     return None
 
@@ -257,8 +280,9 @@ def sandbox_traceback_lines() -> int:
 
 
 def _error(ename: str, evalue: str, traceback: list[str] | None = None) -> NotebookNode:
-    return nbformat.v4.new_output("error", ename=ename, evalue=evalue,
-                                  traceback=traceback or [f"\x1b[0;31m{ename}\x1b[0m: {evalue}"])
+    return nbformat.v4.new_output(
+        "error", ename=ename, evalue=evalue, traceback=traceback or [f"\x1b[0;31m{ename}\x1b[0m: {evalue}"]
+    )
 
 
 class SandboxedExecute(Execute):
@@ -271,17 +295,26 @@ class SandboxedExecute(Execute):
 
     sandbox = Bool(True, help="run the notebook in a bubblewrap sandbox").tag(config=True)
     limits = Dict(help="segutils.grading.sandbox.Limits fields (timeout overrides cell_timeout)").tag(config=True)
-    gpu = Dict(allow_none=True, default_value=None,
-               help="the GPU this notebook may use: {bus_id, minor, uuid}; None for the CPU only").tag(config=True)
+    gpu = Dict(
+        allow_none=True,
+        default_value=None,
+        help="the GPU this notebook may use: {bus_id, minor, uuid}; None for the CPU only",
+    ).tag(config=True)
     stderr_fails = Bool(False, help="nbgrader's rule: any stderr output fails a test cell").tag(config=True)
     notebook_timeout = Float(0.0, help="wall seconds for the whole notebook (0: from the limits)").tag(config=True)
-    max_kernel_deaths = Integer(3, help="kernel deaths tolerated before the remaining cells are not run").tag(config=True)
+    max_kernel_deaths = Integer(3, help="kernel deaths tolerated before the remaining cells are not run").tag(
+        config=True
+    )
     python = Unicode(sys.executable, help="the interpreter that runs the executor and the kernel").tag(config=True)
     extra_guard_modules = List(Unicode(), help="modules the guard watches besides the locked cells' imports").tag(
-        config=True)
-    two_process = Bool(TWO_PROCESS_DEFAULT, help="run the test cells in a grader process of their own, the student's code in "
-                                   "the student's (segutils.grading.remote); False: tests in the student's kernel, "
-                                   "watched by the guard").tag(config=True)
+        config=True
+    )
+    two_process = Bool(
+        TWO_PROCESS_DEFAULT,
+        help="run the test cells in a grader process of their own, the student's code in "
+        "the student's (segutils.grading.remote); False: tests in the student's kernel, "
+        "watched by the guard",
+    ).tag(config=True)
 
     def _limits(self) -> sandbox.Limits:
         data = dict(self.limits)
@@ -293,14 +326,21 @@ class SandboxedExecute(Execute):
 
     def preprocess(self, nb: NotebookNode, resources: dict) -> tuple[NotebookNode, dict]:
         info = details(resources)
-        rejected = nb.metadata.get(REJECTED_KEY, {}).get("rejected") if isinstance(
-            nb.metadata.get(REJECTED_KEY), dict) else None
+        rejected = (
+            nb.metadata.get(REJECTED_KEY, {}).get("rejected")
+            if isinstance(nb.metadata.get(REJECTED_KEY), dict)
+            else None
+        )
         if rejected:
             for cell in nb.cells:
                 if cell.cell_type == "code" and utils.is_grade(cell) and not utils.is_solution(cell):
                     cell.outputs = [_error("SubmissionRejected", rejected)]
                     info["cells"][_nbgrader_meta(cell)["grade_id"]] = {
-                        "status": "rejected", "ename": "SubmissionRejected", "evalue": rejected, "seconds": 0.0}
+                        "status": "rejected",
+                        "ename": "SubmissionRejected",
+                        "evalue": rejected,
+                        "seconds": 0.0,
+                    }
             return nb, resources
         limits = self._limits()
         plan, modules = cell_plan(nb)
@@ -340,8 +380,14 @@ class SandboxedExecute(Execute):
         _readable(input_dir)
 
     def _run(self, nb, plan, modules, limits, build_dir, name, staging):
-        spec = {"notebook": name, "cells": plan, "guard_modules": modules, "limits": limits.to_dict(),
-                "max_kernel_deaths": int(self.max_kernel_deaths), "startup_timeout": int(self.startup_timeout or 120)}
+        spec = {
+            "notebook": name,
+            "cells": plan,
+            "guard_modules": modules,
+            "limits": limits.to_dict(),
+            "max_kernel_deaths": int(self.max_kernel_deaths),
+            "startup_timeout": int(self.startup_timeout or 120),
+        }
         self._stage(nb, spec, build_dir, name, staging / "input")
         os.chmod(staging, 0o755)
 
@@ -349,15 +395,28 @@ class SandboxedExecute(Execute):
         env = sandbox.sandbox_env(limits, gpu, use_cuda=gpu is not None)
         read_fd, write_fd = os.pipe()
         if self.sandbox:
-            inner = sandbox.bootstrap_command(self.python, "execute", [
-                "--input", sandbox.SANDBOX_INPUT, "--work", f"{sandbox.SANDBOX_TMP}/work", "--result-fd", str(write_fd),
-                "--sandboxed"])
+            inner = sandbox.bootstrap_command(
+                self.python,
+                "execute",
+                [
+                    "--input",
+                    sandbox.SANDBOX_INPUT,
+                    "--work",
+                    f"{sandbox.SANDBOX_TMP}/work",
+                    "--result-fd",
+                    str(write_fd),
+                    "--sandboxed",
+                ],
+            )
             command = sandbox.sandbox_command(inner, input_dir=staging / "input", limits=limits, env=env, gpu=gpu)
             popen_env = None
         else:
             _move_home(env, staging / "home")
-            command = sandbox.bootstrap_command(self.python, "execute", [
-                "--input", str(staging / "input"), "--work", str(staging / "work"), "--result-fd", str(write_fd)])
+            command = sandbox.bootstrap_command(
+                self.python,
+                "execute",
+                ["--input", str(staging / "input"), "--work", str(staging / "work"), "--result-fd", str(write_fd)],
+            )
             popen_env = env
         log_path = staging / "executor.log"
         records: dict[int, dict] = {}
@@ -367,9 +426,16 @@ class SandboxedExecute(Execute):
         max_line = 4 * limits.notebook_output_bytes + (1 << 20)
         cgroup = sandbox.PidsCgroup(limits.processes) if self.sandbox else None
         with open(log_path, "wb") as log:
-            process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=popen_env,
-                                       pass_fds=(write_fd,), start_new_session=True,
-                                       preexec_fn=cgroup.enter if cgroup and cgroup.path else None)
+            process = subprocess.Popen(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                env=popen_env,
+                pass_fds=(write_fd,),
+                start_new_session=True,
+                preexec_fn=cgroup.enter if cgroup and cgroup.path else None,
+            )
         os.close(write_fd)
         buffer = b""
         selector = selectors.DefaultSelector()
@@ -426,14 +492,22 @@ class SandboxedExecute(Execute):
                 student_nb.cells[entry["index"]].source = ""
         channel_host = staging / "channel.sock"
         channel = SANDBOX_CHANNEL if self.sandbox else str(channel_host)
-        student_spec = {"notebook": name, "cells": plan, "guard_modules": [], "limits": limits.to_dict(),
-                        "max_kernel_deaths": int(self.max_kernel_deaths),
-                        "startup_timeout": int(self.startup_timeout or 120), "role": "student", "channel": channel}
+        student_spec = {
+            "notebook": name,
+            "cells": plan,
+            "guard_modules": [],
+            "limits": limits.to_dict(),
+            "max_kernel_deaths": int(self.max_kernel_deaths),
+            "startup_timeout": int(self.startup_timeout or 120),
+            "role": "student",
+            "channel": channel,
+        }
         self._stage(student_nb, student_spec, build_dir, name, staging / "input")
         grader_input = staging / "grader"
         grader_input.mkdir()
-        (grader_input / "spec.json").write_text(json.dumps({"cells": grader_cells(nb, plan), "limits": limits.to_dict()}),
-                                                encoding="utf-8")
+        (grader_input / "spec.json").write_text(
+            json.dumps({"cells": grader_cells(nb, plan), "limits": limits.to_dict()}), encoding="utf-8"
+        )
         _readable(grader_input)
 
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -445,39 +519,91 @@ class SandboxedExecute(Execute):
         grader_read, grader_write = os.pipe()
         student_read, student_write = os.pipe()
         if self.sandbox:
-            student_inner = sandbox.bootstrap_command(self.python, "execute", [
-                "--input", sandbox.SANDBOX_INPUT, "--work", f"{sandbox.SANDBOX_TMP}/work", "--result-fd",
-                str(student_write), "--sandboxed"])
-            student_cmd = sandbox.sandbox_command(student_inner, input_dir=staging / "input", limits=limits, env=env,
-                                                  gpu=gpu)
+            student_inner = sandbox.bootstrap_command(
+                self.python,
+                "execute",
+                [
+                    "--input",
+                    sandbox.SANDBOX_INPUT,
+                    "--work",
+                    f"{sandbox.SANDBOX_TMP}/work",
+                    "--result-fd",
+                    str(student_write),
+                    "--sandboxed",
+                ],
+            )
+            student_cmd = sandbox.sandbox_command(
+                student_inner, input_dir=staging / "input", limits=limits, env=env, gpu=gpu
+            )
             at = student_cmd.index("--chdir")
             student_cmd[at:at] = ["--bind", str(channel_host), SANDBOX_CHANNEL]
-            grader_inner = sandbox.bootstrap_command(self.python, "execute", [
-                "--grader", "--input", sandbox.SANDBOX_INPUT, "--listen-fd", str(listener.fileno()), "--result-fd",
-                str(grader_write), "--sandboxed"])
+            grader_inner = sandbox.bootstrap_command(
+                self.python,
+                "execute",
+                [
+                    "--grader",
+                    "--input",
+                    sandbox.SANDBOX_INPUT,
+                    "--listen-fd",
+                    str(listener.fileno()),
+                    "--result-fd",
+                    str(grader_write),
+                    "--sandboxed",
+                ],
+            )
             grader_cmd = sandbox.sandbox_command(grader_inner, input_dir=grader_input, limits=limits, env=env, gpu=gpu)
             popen_env = None
         else:
             _move_home(env, staging / "home")
-            student_cmd = sandbox.bootstrap_command(self.python, "execute", [
-                "--input", str(staging / "input"), "--work", str(staging / "work"), "--result-fd", str(student_write)])
-            grader_cmd = sandbox.bootstrap_command(self.python, "execute", [
-                "--grader", "--input", str(grader_input), "--listen-fd", str(listener.fileno()), "--result-fd",
-                str(grader_write)])
+            student_cmd = sandbox.bootstrap_command(
+                self.python,
+                "execute",
+                ["--input", str(staging / "input"), "--work", str(staging / "work"), "--result-fd", str(student_write)],
+            )
+            grader_cmd = sandbox.bootstrap_command(
+                self.python,
+                "execute",
+                [
+                    "--grader",
+                    "--input",
+                    str(grader_input),
+                    "--listen-fd",
+                    str(listener.fileno()),
+                    "--result-fd",
+                    str(grader_write),
+                ],
+            )
             popen_env = env
         cgroups = [sandbox.PidsCgroup(limits.processes) if self.sandbox else None for _ in range(2)]
         processes = []
         with open(staging / "grader.log", "wb") as log:
-            processes.append(subprocess.Popen(
-                grader_cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=popen_env,
-                pass_fds=(grader_write, listener.fileno()), start_new_session=True,
-                preexec_fn=cgroups[0].enter if cgroups[0] and cgroups[0].path else None))
+            processes.append(
+                subprocess.Popen(
+                    grader_cmd,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=log,
+                    env=popen_env,
+                    pass_fds=(grader_write, listener.fileno()),
+                    start_new_session=True,
+                    preexec_fn=cgroups[0].enter if cgroups[0] and cgroups[0].path else None,
+                )
+            )
         os.close(grader_write)
         listener.close()
         with open(staging / "executor.log", "wb") as log:
-            processes.append(subprocess.Popen(
-                student_cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=popen_env, pass_fds=(student_write,),
-                start_new_session=True, preexec_fn=cgroups[1].enter if cgroups[1] and cgroups[1].path else None))
+            processes.append(
+                subprocess.Popen(
+                    student_cmd,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=log,
+                    env=popen_env,
+                    pass_fds=(student_write,),
+                    start_new_session=True,
+                    preexec_fn=cgroups[1].enter if cgroups[1] and cgroups[1].path else None,
+                )
+            )
         os.close(student_write)
         streams = {grader_read: "grader", student_read: "student"}
         found: dict[str, dict] = {"grader": {}, "student": {}}
@@ -547,14 +673,20 @@ class SandboxedExecute(Execute):
         end = None
         if "grader" in ends:
             student_end = ends.get("student", {})
-            end = {"seconds": float(student_end.get("seconds", 0.0) or 0.0) if isinstance(
-                       student_end.get("seconds"), (int, float)) else 0.0,
-                   "notes": list(student_end.get("notes", []))[:50] + list(ends["grader"].get("notes", []))[:20],
-                   "kernel_deaths": student_end.get("kernel_deaths", 0)}
+            end = {
+                "seconds": float(student_end.get("seconds", 0.0) or 0.0)
+                if isinstance(student_end.get("seconds"), (int, float))
+                else 0.0,
+                "notes": list(student_end.get("notes", []))[:50] + list(ends["grader"].get("notes", []))[:20],
+                "kernel_deaths": student_end.get("kernel_deaths", 0),
+            }
         problem = problems.get("grader", "")
         if problem and "grader" not in ends:
-            end = {"seconds": 0.0, "notes": list(ends.get("student", {}).get("notes", []))[:50],
-                   "kernel_deaths": ends.get("student", {}).get("kernel_deaths", 0)}
+            end = {
+                "seconds": 0.0,
+                "notes": list(ends.get("student", {}).get("notes", []))[:50],
+                "kernel_deaths": ends.get("student", {}).get("kernel_deaths", 0),
+            }
         if not problem and "grader" not in ends:
             tail = (staging / "grader.log").read_bytes()[-2000:].decode("utf-8", "replace")
             problem = f"the grader process stopped before the notebook finished: {tail.strip()[-500:]}"
@@ -586,27 +718,44 @@ class SandboxedExecute(Execute):
                 cell.outputs = [_error("NotRun", reason)] if graded else []
                 status, ename, evalue, seconds, restored, tampered = "not_run", "NotRun", reason, 0.0, [], []
             else:
-                outputs = [o for o in (clean_output(o, limit) for o in record.get("outputs", [])[:1000]) if o is not None]
+                outputs = [
+                    o for o in (clean_output(o, limit) for o in record.get("outputs", [])[:1000]) if o is not None
+                ]
                 status = str(record.get("status", "error"))
                 ename, evalue = _text(record.get("ename", ""), 200), _text(record.get("evalue", ""), 10_000)
                 seconds = float(record.get("seconds", 0.0)) if isinstance(record.get("seconds"), (int, float)) else 0.0
-                restored = [_text(x, 200) for x in record.get("restored", [])][:50] if isinstance(
-                    record.get("restored"), list) else []
-                tampered = [_text(x, 200) for x in record.get("tampered", [])][:50] if isinstance(
-                    record.get("tampered"), list) else []
+                restored = (
+                    [_text(x, 200) for x in record.get("restored", [])][:50]
+                    if isinstance(record.get("restored"), list)
+                    else []
+                )
+                tampered = (
+                    [_text(x, 200) for x in record.get("tampered", [])][:50]
+                    if isinstance(record.get("tampered"), list)
+                    else []
+                )
                 if status != "ok" and not any(o.output_type == "error" for o in outputs):
                     tb = record.get("traceback") if isinstance(record.get("traceback"), list) else None
                     outputs.append(_error(ename or "Error", evalue, [_text(t, 10_000) for t in tb] if tb else None))
                 if status == "ok" and ename == "OutputLimitExceeded":
                     status = "error"
-                measured = [_text(x, 100) for x in record.get("measured", [])][:20] if isinstance(
-                    record.get("measured"), list) else []
+                measured = (
+                    [_text(x, 100) for x in record.get("measured", [])][:20]
+                    if isinstance(record.get("measured"), list)
+                    else []
+                )
                 if graded:
                     outputs = self._graded_outputs(outputs, status, tampered, restored)
                     if measured:
-                        outputs.insert(0, nbformat.v4.new_output(
-                            "stream", name="stdout", text="[grader] measured in the student's process (the student's "
-                            "code could influence it): " + ", ".join(measured) + "\n"))
+                        outputs.insert(
+                            0,
+                            nbformat.v4.new_output(
+                                "stream",
+                                name="stdout",
+                                text="[grader] measured in the student's process (the student's "
+                                "code could influence it): " + ", ".join(measured) + "\n",
+                            ),
+                        )
                 count = record.get("execution_count")
                 cell.execution_count = count if isinstance(count, int) else None
                 for note in record.get("notes", [])[:10] if isinstance(record.get("notes"), list) else []:
@@ -617,8 +766,13 @@ class SandboxedExecute(Execute):
                     status, ename = "error", "GradingIntegrityError"
                     evalue = "; ".join(tampered)
                 info["cells"][entry["grade_id"]] = {
-                    "status": status, "ename": ename, "evalue": evalue[:2000], "seconds": round(seconds, 3),
-                    "restored": restored, "tampered": tampered}
+                    "status": status,
+                    "ename": ename,
+                    "evalue": evalue[:2000],
+                    "seconds": round(seconds, 3),
+                    "restored": restored,
+                    "tampered": tampered,
+                }
                 if record is not None and measured:
                     info["cells"][entry["grade_id"]]["measured_in_student"] = measured
             elif record is not None and status != "ok":
@@ -626,24 +780,42 @@ class SandboxedExecute(Execute):
 
     def _graded_outputs(self, outputs, status, tampered, restored):
         if tampered:
-            outputs.append(_error("GradingIntegrityError",
-                                  "while this test ran, the notebook replaced what the tests rely on: "
-                                  + ", ".join(tampered)))
+            outputs.append(
+                _error(
+                    "GradingIntegrityError",
+                    "while this test ran, the notebook replaced what the tests rely on: " + ", ".join(tampered),
+                )
+            )
             status = "error"
         if status != "ok":
             # A failed test gets no partial credit from a value it printed: only the error counts.
-            outputs = [nbformat.v4.new_output("display_data", data=o.data, metadata=o.metadata)
-                       if o.output_type == "execute_result" else o for o in outputs]
+            outputs = [
+                nbformat.v4.new_output("display_data", data=o.data, metadata=o.metadata)
+                if o.output_type == "execute_result"
+                else o
+                for o in outputs
+            ]
             errors = [o for o in outputs if o.output_type == "error"]
             outputs = errors[:1] + [o for o in outputs if o is not errors[0]] if errors else outputs
         elif not self.stderr_fails:
             # The test passed (the kernel said so): stderr (a PyTorch warning, a progress bar) is not a failure.
-            outputs = [nbformat.v4.new_output("stream", name="stdout", text=o.text)
-                       if o.output_type == "stream" and o.name == "stderr" else o for o in outputs]
+            outputs = [
+                nbformat.v4.new_output("stream", name="stdout", text=o.text)
+                if o.output_type == "stream" and o.name == "stderr"
+                else o
+                for o in outputs
+            ]
         if restored:
-            outputs.insert(0, nbformat.v4.new_output(
-                "stream", name="stdout",
-                text="[grader] restored before this test (the notebook had replaced them): " + ", ".join(restored) + "\n"))
+            outputs.insert(
+                0,
+                nbformat.v4.new_output(
+                    "stream",
+                    name="stdout",
+                    text="[grader] restored before this test (the notebook had replaced them): "
+                    + ", ".join(restored)
+                    + "\n",
+                ),
+            )
         return outputs
 
 
@@ -697,8 +869,9 @@ def grader_cells(nb: NotebookNode, plan: list[dict]) -> list[dict]:
         except SyntaxError:
             loaded, bound = {"<syntax error>"}, set()
         if entry["kind"] == "graded" or not (loaded - bound - owned):
-            cells.append({"index": entry["index"], "kind": entry["kind"], "source": source,
-                          "grade_id": entry.get("grade_id")})
+            cells.append(
+                {"index": entry["index"], "kind": entry["kind"], "source": source, "grade_id": entry.get("grade_id")}
+            )
             owned |= bound
     return cells
 
@@ -753,8 +926,13 @@ class RedactHiddenTests(NbGraderPreprocessor):
                 after_hidden = after_hidden or self.begin in cell.source
                 self.preprocess_cell(cell, resources, index)
             elif two_process and after_hidden and cell.get("outputs"):
-                cell.outputs = [nbformat.v4.new_output(
-                    "stream", name="stdout", text="[output not shown in feedback: this cell ran after hidden tests]\n")]
+                cell.outputs = [
+                    nbformat.v4.new_output(
+                        "stream",
+                        name="stdout",
+                        text="[output not shown in feedback: this cell ran after hidden tests]\n",
+                    )
+                ]
         return nb, resources
 
     def preprocess_cell(self, cell: NotebookNode, resources: dict, cell_index: int) -> tuple[NotebookNode, dict]:

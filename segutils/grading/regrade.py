@@ -10,6 +10,7 @@
    at the score, so it depends on it);
 5. the students whose total changed are listed, with the old and the new total.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
@@ -96,8 +97,9 @@ def _reassign_late_penalties(course: Path, cfg: Any, db_url: str, course_id: str
         pairs = [(s.student.id, nb.name) for s in gb.find_assignment(assignment).submissions for nb in s.notebooks]
     with _importable(course, _course_modules(course)):
         for student, notebook in pairs:
-            resources = {"nbgrader": {"notebook": notebook, "assignment": assignment, "student": student,
-                                      "db_url": db_url}}
+            resources = {
+                "nbgrader": {"notebook": notebook, "assignment": assignment, "student": student, "db_url": db_url}
+            }
             AssignLatePenalties(config=cfg).preprocess(nbformat.v4.new_notebook(), resources)
 
 
@@ -111,8 +113,14 @@ def regrade_cell(options: Any, cell: str) -> RegradeSummary:
     from nbgrader.converters import GenerateAssignment
     from nbgrader.coursedir import CourseDirectory
 
-    from segutils.grading.batch import (GradingError, _ensure_path, _export_csv, default_db_url, grade_assignment,
-                                        with_busy_timeout)
+    from segutils.grading.batch import (
+        GradingError,
+        _ensure_path,
+        _export_csv,
+        default_db_url,
+        grade_assignment,
+        with_busy_timeout,
+    )
     from segutils.grading.runner import load_course_config
 
     course = Path(options.course).resolve()
@@ -123,8 +131,10 @@ def regrade_cell(options: Any, cell: str) -> RegradeSummary:
     source_dir = course / layout.source_directory / options.assignment
     cells = test_cells(source_dir)
     if cell not in cells:
-        raise GradingError(f"--cell {cell}: not an autograded test cell of {source_dir} "
-                           f"(test cells: {', '.join(sorted(cells)) or 'none'})")
+        raise GradingError(
+            f"--cell {cell}: not an autograded test cell of {source_dir} "
+            f"(test cells: {', '.join(sorted(cells)) or 'none'})"
+        )
     if options.students:
         raise GradingError("--cell regrades every student: leave out --student")
     _ensure_path()

@@ -10,6 +10,7 @@ Everything a student controls (messages, notes, names) is text here: HTML-escape
 drawn without matplotlib's mathtext in the plots (an exception message ``$\\alpha$`` or a lone
 ``$`` is shown as written), and with control characters escaped on the terminal (:func:`printable`).
 """
+
 from __future__ import annotations
 
 import base64
@@ -17,8 +18,9 @@ import html
 import io
 import re
 from collections import Counter
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
@@ -106,7 +108,9 @@ def _plots(summary: dict) -> dict[str, str]:
 
     plots = {}
     fig, ax = plt.subplots(figsize=(6, 3))
-    ax.hist([100 * f for f in summary["fractions"]], bins=[i * 10 for i in range(11)], color="#4c72b0", edgecolor="white")
+    ax.hist(
+        [100 * f for f in summary["fractions"]], bins=[i * 10 for i in range(11)], color="#4c72b0", edgecolor="white"
+    )
     ax.set_xlabel("score (% of the maximum)")
     ax.set_ylabel("students")
     ax.set_title("Score histogram")
@@ -173,7 +177,8 @@ def write_report(path: Path, assignment: str, results: Iterable[dict], meta: dic
         rows.append(
             f"<tr class='{_e(r.get('status'))}'><td>{_e(r['student'])}</td><td>{_e(r.get('status'))}</td>"
             f"<td>{float(r.get('score', 0)):g} / {float(r.get('max_score', 0)):g}</td>"
-            f"<td>{float(r.get('seconds', 0)):.1f}</td><td>{'<br>'.join(message + failed + notes)}</td></tr>")
+            f"<td>{float(r.get('seconds', 0)):.1f}</td><td>{'<br>'.join(message + failed + notes)}</td></tr>"
+        )
     attention = []
     for r in summary["results"]:
         flags = []
@@ -187,13 +192,19 @@ def write_report(path: Path, assignment: str, results: Iterable[dict], meta: dic
         if flags:
             attention.append(f"<li><b>{_e(r['student'])}</b>: {'; '.join(flags)}</li>")
     messages = "".join(f"<tr><td>{c}</td><td>{_e(m)}</td></tr>" for m, c in summary["messages"])
-    measured = "".join(f"<tr><td>{_e(gid)}</td><td>{_e(', '.join(checks))}</td></tr>"
-                       for gid, checks in summary["measured"].items())
+    measured = "".join(
+        f"<tr><td>{_e(gid)}</td><td>{_e(', '.join(checks))}</td></tr>" for gid, checks in summary["measured"].items()
+    )
     measured_section = (
-        f"<h2>Points {_e(MEASURED_IN_STUDENT)}</h2><p>These test cells ran checks in the student's process, the only "
-        "one that sees the operators the student's code dispatches: the student's code could influence what "
-        "they measured. Values, shapes, gradients and model quality were judged in the grader.</p>"
-        f"<table><tr><th>test cell</th><th>checks</th></tr>{measured}</table>") if measured else ""
+        (
+            f"<h2>Points {_e(MEASURED_IN_STUDENT)}</h2><p>These test cells ran checks in the student's process, the only "
+            "one that sees the operators the student's code dispatches: the student's code could influence what "
+            "they measured. Values, shapes, gradients and model quality were judged in the grader.</p>"
+            f"<table><tr><th>test cell</th><th>checks</th></tr>{measured}</table>"
+        )
+        if measured
+        else ""
+    )
     statuses = ", ".join(f"{n} {s}" for s, n in sorted(summary["statuses"].items()))
     meta_notes = "".join(f"<li>{_e(n)}</li>" for n in meta.get("notes", []))
     document = f"""<!DOCTYPE html>
@@ -205,15 +216,15 @@ vertical-align: top; font-size: 90%; }} tr.rejected td, tr.failed td {{ backgrou
 .plots img {{ max-width: 48%; margin: 0.5em; vertical-align: top; }}
 </style></head><body>
 <h1>Grading report: {_e(assignment)}</h1>
-<p>{summary['students']} students ({_e(statuses)}). {_e(meta.get('when', ''))}</p>
+<p>{summary["students"]} students ({_e(statuses)}). {_e(meta.get("when", ""))}</p>
 <ul>{meta_notes}</ul>
-<div class="plots">{plots['histogram']}{plots['pass_rate']}{plots['messages']}{plots['slowest']}</div>
+<div class="plots">{plots["histogram"]}{plots["pass_rate"]}{plots["messages"]}{plots["slowest"]}</div>
 <h2>Most common failure messages</h2>
 <table><tr><th>cells</th><th>message</th></tr>{messages}</table>
-<h2>Needing attention</h2><ul>{''.join(attention) or '<li>none</li>'}</ul>
+<h2>Needing attention</h2><ul>{"".join(attention) or "<li>none</li>"}</ul>
 {measured_section}
 <h2>Students</h2>
-<table><tr><th>student</th><th>status</th><th>score</th><th>seconds</th><th>messages</th></tr>{''.join(rows)}</table>
+<table><tr><th>student</th><th>status</th><th>score</th><th>seconds</th><th>messages</th></tr>{"".join(rows)}</table>
 </body></html>
 """
     from segutils.grading.state import write_atomic

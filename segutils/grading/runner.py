@@ -16,6 +16,7 @@ gets feedback saying why.
 The local pool runs it as ``segutils.grading.runner JOB.pickle RESULT.pickle`` through
 :func:`segutils.grading.sandbox.bootstrap_command` (``python -m segutils.grading.runner`` works too).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -29,9 +30,10 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any, Iterator
+from typing import Any
 
 MAX_NOTEBOOK_BYTES = 64 << 20
 #: Default caps on a submitted notebook (``--max-cells``, ``--max-depth``): the course's notebooks have
@@ -78,10 +80,17 @@ class GradingOptions:
 
     def fingerprint(self) -> dict:
         gpu = "gpu" if self.gpu else "cpu"
-        return {"sandbox": self.sandbox, "limits": dict(sorted(self.limits.items())), "timeout": self.timeout,
-                "redact_hidden": self.redact_hidden, "gpu": gpu, "stderr_fails": self.stderr_fails,
-                "max_cells": self.max_cells, "max_depth": self.max_depth,
-                **({"two_process": True} if self.two_process else {})}
+        return {
+            "sandbox": self.sandbox,
+            "limits": dict(sorted(self.limits.items())),
+            "timeout": self.timeout,
+            "redact_hidden": self.redact_hidden,
+            "gpu": gpu,
+            "stderr_fails": self.stderr_fails,
+            "max_cells": self.max_cells,
+            "max_depth": self.max_depth,
+            **({"two_process": True} if self.two_process else {}),
+        }
 
 
 @dataclass
@@ -158,13 +167,21 @@ def load_course_config(config_file: Path):
     return PyFileConfigLoader(config_file.name, path=str(config_file.parent)).load_config()
 
 
-def nbgrader_config(config_file: Path, *, root: Path, db_url: str, options: GradingOptions,
-                    cell_order: dict, release_sources: dict):
+def nbgrader_config(
+    config_file: Path, *, root: Path, db_url: str, options: GradingOptions, cell_order: dict, release_sources: dict
+):
     """The course's nbgrader config with the grading preprocessors swapped in."""
     from nbconvert.preprocessors import CSSHTMLHeaderPreprocessor
     from nbgrader.converters import Autograde
-    from nbgrader.preprocessors import (CheckCellMetadata, ClearOutput, DeduplicateIds, Execute, GetGrades,
-                                        OverwriteCells, OverwriteKernelspec)
+    from nbgrader.preprocessors import (
+        CheckCellMetadata,
+        ClearOutput,
+        DeduplicateIds,
+        Execute,
+        GetGrades,
+        OverwriteCells,
+        OverwriteKernelspec,
+    )
 
     from segutils.grading.preprocessors import RedactHiddenTests, RestoreStructure, SandboxedExecute
     from segutils.grading.sanitize import configure_feedback
@@ -173,15 +190,22 @@ def nbgrader_config(config_file: Path, *, root: Path, db_url: str, options: Grad
     cfg.CourseDirectory.root = str(root)
     cfg.CourseDirectory.db_url = db_url
     sanitize = list(cfg.Autograde.get("sanitize_preprocessors", [])) or [
-        ClearOutput, DeduplicateIds, OverwriteKernelspec, OverwriteCells, CheckCellMetadata]
+        ClearOutput,
+        DeduplicateIds,
+        OverwriteKernelspec,
+        OverwriteCells,
+        CheckCellMetadata,
+    ]
     if RestoreStructure not in sanitize:
         at = sanitize.index(OverwriteCells) if OverwriteCells in sanitize else len(sanitize)
         sanitize.insert(at, RestoreStructure)
     cfg.Autograde.sanitize_preprocessors = sanitize
     autograde = list(cfg.Autograde.get("autograde_preprocessors", [])) or list(
-        Autograde.class_traits()["autograde_preprocessors"].default())
-    cfg.Autograde.autograde_preprocessors = [SandboxedExecute if pp in (Execute, "nbgrader.preprocessors.Execute")
-                                             else pp for pp in autograde]
+        Autograde.class_traits()["autograde_preprocessors"].default()
+    )
+    cfg.Autograde.autograde_preprocessors = [
+        SandboxedExecute if pp in (Execute, "nbgrader.preprocessors.Execute") else pp for pp in autograde
+    ]
     cfg.OverwriteCells.add_missing_cells = False  # RestoreStructure does it, robustly
     cfg.RestoreStructure.cell_order = cell_order
     cfg.RestoreStructure.release_sources = release_sources
@@ -237,8 +261,9 @@ def json_depth(data: bytes) -> int:
     return max(itertools.accumulate((1 if b == 1 else -1 for b in steps), initial=0))
 
 
-def check_submission(folder: Path, name: str, release: bytes, assignment: str, *, max_cells: int = MAX_CELLS,
-                     max_depth: int = MAX_DEPTH) -> tuple[str | None, list[str]]:
+def check_submission(
+    folder: Path, name: str, release: bytes, assignment: str, *, max_cells: int = MAX_CELLS, max_depth: int = MAX_DEPTH
+) -> tuple[str | None, list[str]]:
     """Why ``folder/name`` cannot be graded (``None`` if it can), and notes about it.
 
     Besides what nbgrader cannot read, a notebook with more than ``max_cells`` cells or whose JSON
@@ -260,8 +285,9 @@ def check_submission(folder: Path, name: str, release: bytes, assignment: str, *
     raw = path.read_bytes()
     depth = json_depth(raw)
     if depth > max_depth:
-        return (f"{name} nests its JSON {depth} levels deep, more than the {max_depth} a notebook may have "
-                "(--max-depth)"), notes
+        return (
+            f"{name} nests its JSON {depth} levels deep, more than the {max_depth} a notebook may have (--max-depth)"
+        ), notes
     try:
         data = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError) as error:
@@ -277,15 +303,19 @@ def check_submission(folder: Path, name: str, release: bytes, assignment: str, *
     expected = _graded_ids(json.loads(release))
     got = _graded_ids(nb)
     if expected and got and not (expected & got):
-        return (f"{name} belongs to another assignment: none of its graded cells "
-                f"({', '.join(sorted(got)[:5])}) is a cell of {assignment}"), notes
+        return (
+            f"{name} belongs to another assignment: none of its graded cells "
+            f"({', '.join(sorted(got)[:5])}) is a cell of {assignment}"
+        ), notes
     if expected and not got:
         notes.append(f"{name} has no nbgrader cells left; every graded cell is restored from the gradebook")
     kernel = nb.metadata.get("kernelspec", {})
     release_kernel = json.loads(release).get("metadata", {}).get("kernelspec", {})
     if isinstance(kernel, dict) and kernel.get("name") and kernel.get("name") != release_kernel.get("name"):
-        notes.append(f"{name} asked for the kernel {kernel.get('name')!r}; graded with "
-                     f"{release_kernel.get('name', 'python3')!r}, the assignment's kernel")
+        notes.append(
+            f"{name} asked for the kernel {kernel.get('name')!r}; graded with "
+            f"{release_kernel.get('name', 'python3')!r}, the assignment's kernel"
+        )
     return None, notes
 
 
@@ -297,8 +327,9 @@ def rejected_substitute(release: bytes, reason: str) -> bytes:
 
     nb = nbformat.reads(release.decode("utf-8"), as_version=4)
     nb.metadata[REJECTED_KEY] = {"rejected": reason}
-    nb.cells.insert(0, nbformat.v4.new_markdown_cell(f"**This submission could not be graded:** {reason}. "
-                                                     "Every test scores 0."))
+    nb.cells.insert(
+        0, nbformat.v4.new_markdown_cell(f"**This submission could not be graded:** {reason}. Every test scores 0.")
+    )
     return nbformat.writes(nb).encode("utf-8")
 
 
@@ -366,8 +397,12 @@ def _scores(db_url: str, assignment: str, student: str, notebooks: list[str]) ->
     with Gradebook(db_url) as gb:
         for notebook, grade in _submitted_grades(gb, assignment, student, notebooks):
             score = float(grade.score or 0.0)
-            cells[grade.name] = {"notebook": notebook, "score": score, "max_score": float(grade.max_score),
-                                 "auto": grade.auto_score is not None}
+            cells[grade.name] = {
+                "notebook": notebook,
+                "score": score,
+                "max_score": float(grade.max_score),
+                "auto": grade.auto_score is not None,
+            }
             total += score
             maximum += float(grade.max_score)
     return total, maximum, cells
@@ -388,7 +423,9 @@ def lateness_note(db_url: str, assignment: str, student: str, notebooks: list[st
         penalty = 0.0
         for notebook in notebooks:
             try:
-                penalty += float(gb.find_submission_notebook(notebook, assignment, student).late_submission_penalty or 0)
+                penalty += float(
+                    gb.find_submission_notebook(notebook, assignment, student).late_submission_penalty or 0
+                )
             except MissingEntry:
                 continue
     minutes = int(seconds // 60)
@@ -456,21 +493,40 @@ def grade(job: GradingJob) -> GradingResult:
             if job.rejected:
                 reason, more = job.rejected, []
             else:
-                reason, more = check_submission(submitted, name, release, job.assignment,
-                                                max_cells=options.max_cells, max_depth=options.max_depth)
+                reason, more = check_submission(
+                    submitted, name, release, job.assignment, max_cells=options.max_cells, max_depth=options.max_depth
+                )
             notes += more
             if reason:
                 rejections.append(reason)
                 (submitted / name).write_bytes(rejected_substitute(release, reason))
         releases = {Path(n).stem: json.loads(data) for n, data in job.release_notebooks.items()}
-        cell_order = {nb: [c["metadata"]["nbgrader"]["grade_id"] for c in data["cells"]
-                           if isinstance(c.get("metadata", {}).get("nbgrader"), dict)
-                           and c["metadata"]["nbgrader"].get("grade_id")] for nb, data in releases.items()}
-        release_sources = {nb: {c["metadata"]["nbgrader"]["grade_id"]: "".join(c["source"]) if isinstance(
-            c["source"], list) else c["source"] for c in data["cells"] if isinstance(c.get("metadata", {}).get(
-                "nbgrader"), dict) and c["metadata"]["nbgrader"].get("grade_id")} for nb, data in releases.items()}
-        cfg = nbgrader_config(config_file, root=course, db_url=job.db_url, options=options,
-                              cell_order=cell_order, release_sources=release_sources)
+        cell_order = {
+            nb: [
+                c["metadata"]["nbgrader"]["grade_id"]
+                for c in data["cells"]
+                if isinstance(c.get("metadata", {}).get("nbgrader"), dict) and c["metadata"]["nbgrader"].get("grade_id")
+            ]
+            for nb, data in releases.items()
+        }
+        release_sources = {
+            nb: {
+                c["metadata"]["nbgrader"]["grade_id"]: "".join(c["source"])
+                if isinstance(c["source"], list)
+                else c["source"]
+                for c in data["cells"]
+                if isinstance(c.get("metadata", {}).get("nbgrader"), dict) and c["metadata"]["nbgrader"].get("grade_id")
+            }
+            for nb, data in releases.items()
+        }
+        cfg = nbgrader_config(
+            config_file,
+            root=course,
+            db_url=job.db_url,
+            options=options,
+            cell_order=cell_order,
+            release_sources=release_sources,
+        )
         preprocessors.DETAILS.clear()
         status, message = ("rejected", "; ".join(dict.fromkeys(rejections))) if rejections else ("graded", "")
         with _captured_logs() as logs, _importable(course, job.course_modules):
@@ -487,8 +543,10 @@ def grade(job: GradingJob) -> GradingResult:
                 status, message = "failed", "; ".join(errors) or f"{type(error).__name__}: {error}"
                 zero_grades(job.db_url, job.assignment, job.student, notebooks)
             duplicates = [m for m in logs.messages(logging.WARNING) if "exists multiple times" in m]
-        notes += [f"{m.replace('Cell with id', 'the cell')}: the last copy was graded, the others ran as ordinary cells"
-                  for m in duplicates][:20]
+        notes += [
+            f"{m.replace('Cell with id', 'the cell')}: the last copy was graded, the others ran as ordinary cells"
+            for m in duplicates
+        ][:20]
         score, max_score, cells = _scores(job.db_url, job.assignment, job.student, notebooks)
         late = lateness_note(job.db_url, job.assignment, job.student, notebooks)
         if late:
@@ -503,10 +561,20 @@ def grade(job: GradingJob) -> GradingResult:
         autograded = _read_tree(course / layout.autograded_directory / job.student / job.assignment)
         feedback = _read_tree(course / layout.feedback_directory / job.student / job.assignment)
         return GradingResult(
-            student=job.student, status=status, message=message, score=score, max_score=max_score, cells=cells,
-            notes=list(dict.fromkeys(notes)), seconds=round(time.monotonic() - started, 3),
-            exec_seconds=round(exec_seconds, 3), cuda_devices=cuda, digest=job.digest,
-            autograded=autograded, feedback=feedback)
+            student=job.student,
+            status=status,
+            message=message,
+            score=score,
+            max_score=max_score,
+            cells=cells,
+            notes=list(dict.fromkeys(notes)),
+            seconds=round(time.monotonic() - started, 3),
+            exec_seconds=round(exec_seconds, 3),
+            cuda_devices=cuda,
+            digest=job.digest,
+            autograded=autograded,
+            feedback=feedback,
+        )
     finally:
         _rmtree(staging)
 

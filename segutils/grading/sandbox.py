@@ -20,6 +20,7 @@ What the sandbox gives the notebook (see ``book/appendix/grading.md`` for the th
 This module is imported inside the sandbox too (by :mod:`segutils.grading.execute`): keep it free
 of heavy imports.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -40,7 +41,14 @@ SANDBOX_TMP = "/tmp"
 CGROUP_ROOTS = (Path("/sys/fs/cgroup/pids"), Path("/sys/fs/cgroup"))
 
 _ETC_FILES = (
-    "ld.so.cache", "ld.so.conf", "ld.so.conf.d", "localtime", "nsswitch.conf", "passwd", "group", "mime.types",
+    "ld.so.cache",
+    "ld.so.conf",
+    "ld.so.conf.d",
+    "localtime",
+    "nsswitch.conf",
+    "passwd",
+    "group",
+    "mime.types",
 )
 _GIB = 1 << 30
 _MIB = 1 << 20
@@ -88,22 +96,35 @@ class Limits:
             value = getattr(self, f.name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
                 raise ValueError(f"Limits.{f.name} must be a positive number, got {value!r}")
-        for name in ("memory_bytes", "processes", "cpu_seconds", "file_bytes", "open_files", "tmp_bytes",
-                     "shm_bytes", "cell_output_bytes", "notebook_output_bytes", "threads"):
+        for name in (
+            "memory_bytes",
+            "processes",
+            "cpu_seconds",
+            "file_bytes",
+            "open_files",
+            "tmp_bytes",
+            "shm_bytes",
+            "cell_output_bytes",
+            "notebook_output_bytes",
+            "threads",
+        ):
             if not isinstance(getattr(self, name), int):
                 raise ValueError(f"Limits.{name} must be an int, got {getattr(self, name)!r}")
         if self.processes < 16:
-            raise ValueError(f"Limits.processes must be at least 16 (a kernel needs a few threads), got {self.processes}")
+            raise ValueError(
+                f"Limits.processes must be at least 16 (a kernel needs a few threads), got {self.processes}"
+            )
         if self.cell_output_bytes > self.notebook_output_bytes:
             raise ValueError(
                 f"Limits.cell_output_bytes ({self.cell_output_bytes}) exceeds notebook_output_bytes "
-                f"({self.notebook_output_bytes})")
+                f"({self.notebook_output_bytes})"
+            )
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "Limits":
+    def from_dict(cls, data: dict) -> Limits:
         known = {f.name for f in fields(cls)}
         unknown = set(data) - known
         if unknown:
@@ -151,7 +172,7 @@ def find_bwrap() -> str | None:
     return shutil.which("bwrap")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def check_sandbox(bwrap: str | None = None) -> str:
     """Return the ``bwrap`` path after checking that it can create the sandbox's namespaces.
 
@@ -163,19 +184,35 @@ def check_sandbox(bwrap: str | None = None) -> str:
     if bwrap is None or not os.access(bwrap, os.X_OK):
         raise SandboxUnavailable(
             "bubblewrap (bwrap) is not installed: install it (Debian/Ubuntu: apt-get install bubblewrap) "
-            "or grade without a sandbox with --no-sandbox (student code then runs with your rights)")
-    probe = [bwrap, "--unshare-all", "--die-with-parent", "--ro-bind", "/", "/", "--proc", "/proc", "--dev", "/dev",
-             "--", "/bin/true" if Path("/bin/true").exists() else "true"]
+            "or grade without a sandbox with --no-sandbox (student code then runs with your rights)"
+        )
+    probe = [
+        bwrap,
+        "--unshare-all",
+        "--die-with-parent",
+        "--ro-bind",
+        "/",
+        "/",
+        "--proc",
+        "/proc",
+        "--dev",
+        "/dev",
+        "--",
+        "/bin/true" if Path("/bin/true").exists() else "true",
+    ]
     try:
         result = subprocess.run(probe, capture_output=True, text=True, timeout=60)
     except (OSError, subprocess.TimeoutExpired) as error:
-        raise SandboxUnavailable(f"bubblewrap ({bwrap}) could not be run: {error}; or grade with --no-sandbox") from None
+        raise SandboxUnavailable(
+            f"bubblewrap ({bwrap}) could not be run: {error}; or grade with --no-sandbox"
+        ) from None
     if result.returncode != 0:
         raise SandboxUnavailable(
             f"bubblewrap cannot create a sandbox here ({result.stderr.strip() or 'exit ' + str(result.returncode)}); "
             "unprivileged user namespaces may be disabled (sysctl kernel.unprivileged_userns_clone=1, or "
             "user.max_user_namespaces > 0), or a container's seccomp profile forbids them; "
-            "or grade with --no-sandbox")
+            "or grade with --no-sandbox"
+        )
     return bwrap
 
 
@@ -213,7 +250,7 @@ class PidsCgroup:
             with open(self.path / "cgroup.procs", "w") as procs:
                 procs.write(str(os.getpid()))
 
-    def __enter__(self) -> "PidsCgroup":
+    def __enter__(self) -> PidsCgroup:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -339,8 +376,16 @@ def sandbox_command(
     if not input_dir.is_dir():
         raise ValueError(f"sandbox_command: input_dir {input_dir} is not a directory")
     bwrap = bwrap or check_sandbox()
-    cmd = [bwrap, "--unshare-all", "--unshare-user", "--disable-userns", "--die-with-parent", "--new-session",
-           "--as-pid-1", "--clearenv"]
+    cmd = [
+        bwrap,
+        "--unshare-all",
+        "--unshare-user",
+        "--disable-userns",
+        "--die-with-parent",
+        "--new-session",
+        "--as-pid-1",
+        "--clearenv",
+    ]
     if os.geteuid() == 0:
         cmd += ["--cap-drop", "ALL"]  # bwrap started by root keeps every capability in its namespace otherwise
     cmd += ["--ro-bind", "/usr", "/usr"]

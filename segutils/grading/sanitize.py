@@ -15,6 +15,7 @@ default allow-list (formatting, headings, lists, tables, links, images) plus ``c
 (nbconvert's code highlighting and heading anchors), and ``data:`` URLs for images only. Scripts,
 styles, event handlers (``onerror``...), ``javascript:`` links, frames and forms are removed.
 """
+
 from __future__ import annotations
 
 import re
@@ -28,8 +29,17 @@ from nbformat import NotebookNode
 from traitlets import Bool
 
 #: Output types the feedback shows; the others (JavaScript, widgets, PDF...) are left out.
-SAFE_MIMETYPES = ("text/plain", "text/html", "text/markdown", "text/latex", "image/png", "image/jpeg",
-                  "image/gif", "image/svg+xml", "application/json")
+SAFE_MIMETYPES = (
+    "text/plain",
+    "text/html",
+    "text/markdown",
+    "text/latex",
+    "image/png",
+    "image/jpeg",
+    "image/gif",
+    "image/svg+xml",
+    "application/json",
+)
 _IMAGE_DATA_URL = re.compile(r"data:image/(png|jpeg|gif|webp|svg\+xml);base64,[A-Za-z0-9+/=\s]*", re.I)
 _BASE64 = re.compile(r"[A-Za-z0-9+/=\s]*")
 _TAGS = set(nh3.ALLOWED_TAGS) | {"div", "span", "pre", "code"}
@@ -48,8 +58,14 @@ def _attribute(tag: str, attribute: str, value: str) -> str | None:
 def clean_html(html: Any) -> str:
     """``html`` without scripts, event handlers, styles or dangerous URLs (see the module docstring)."""
     text = html.decode("utf-8", "replace") if isinstance(html, bytes) else str(html)
-    return nh3.clean(text, tags=_TAGS, attributes=_ATTRIBUTES, url_schemes=_URL_SCHEMES,
-                     attribute_filter=_attribute, strip_comments=True)
+    return nh3.clean(
+        text,
+        tags=_TAGS,
+        attributes=_ATTRIBUTES,
+        url_schemes=_URL_SCHEMES,
+        attribute_filter=_attribute,
+        strip_comments=True,
+    )
 
 
 def _dimension(value: Any) -> int | float | None:
@@ -59,7 +75,7 @@ def _dimension(value: Any) -> int | float | None:
 def _clean_metadata(metadata: Any) -> dict:
     """Output metadata the template may put in an attribute: numeric ``width``/``height`` per image type."""
     clean: dict = {}
-    for mime, values in (metadata.items() if isinstance(metadata, dict) else []):
+    for mime, values in metadata.items() if isinstance(metadata, dict) else []:
         if mime in ("image/png", "image/jpeg", "image/gif") and isinstance(values, dict):
             kept = {k: _dimension(values.get(k)) for k in ("width", "height")}
             kept = {k: v for k, v in kept.items() if v is not None}
@@ -70,7 +86,7 @@ def _clean_metadata(metadata: Any) -> dict:
 
 def _clean_data(data: Any) -> dict:
     clean = {}
-    for mime, value in (data.items() if isinstance(data, dict) else []):
+    for mime, value in data.items() if isinstance(data, dict) else []:
         if mime not in SAFE_MIMETYPES:
             continue
         if mime.startswith("image/") and mime != "image/svg+xml":
@@ -97,10 +113,15 @@ class SanitizeFeedback(Preprocessor):
 
     def preprocess_cell(self, cell: NotebookNode, resources: dict, index: int) -> tuple[NotebookNode, dict]:
         if "attachments" in cell:
-            cell.attachments = {name: {m: v for m, v in bundle.items()
-                                       if m in ("image/png", "image/jpeg", "image/gif") and isinstance(v, str)
-                                       and _BASE64.fullmatch(v)}
-                                for name, bundle in cell.attachments.items() if isinstance(bundle, dict)}
+            cell.attachments = {
+                name: {
+                    m: v
+                    for m, v in bundle.items()
+                    if m in ("image/png", "image/jpeg", "image/gif") and isinstance(v, str) and _BASE64.fullmatch(v)
+                }
+                for name, bundle in cell.attachments.items()
+                if isinstance(bundle, dict)
+            }
         for output in cell.get("outputs", []):
             if output.get("output_type") in ("display_data", "execute_result"):
                 output.data = _clean_data(output.get("data"))
@@ -113,7 +134,8 @@ class FeedbackExporter(HTMLExporter):
     Markdown text (cells, outputs, comments) cleaned by :func:`clean_html` as it is rendered."""
 
     sanitize_html = Bool(True, help="clean the HTML of Markdown cells and outputs (always, for feedback)").tag(
-        config=True)
+        config=True
+    )
 
     @pass_context
     def markdown2html(self, context, source):
@@ -132,8 +154,10 @@ def configure_feedback(cfg: Any) -> None:
     """
     preprocessors = list(cfg.GenerateFeedback.get("preprocessors", []))
     if SanitizeFeedback not in preprocessors:
-        at = next((i for i, p in enumerate(preprocessors) if getattr(p, "__name__", "") == "CSSHTMLHeaderPreprocessor"),
-                  len(preprocessors))
+        at = next(
+            (i for i, p in enumerate(preprocessors) if getattr(p, "__name__", "") == "CSSHTMLHeaderPreprocessor"),
+            len(preprocessors),
+        )
         preprocessors.insert(at, SanitizeFeedback)
     cfg.GenerateFeedback.preprocessors = preprocessors
     cfg.GenerateFeedback.exporter_class = FeedbackExporter

@@ -6,6 +6,7 @@ grading, or when their autograded notebook or gradebook entry is gone. The state
 last, after the gradebook, ``autograded/`` and ``feedback/``: a batch stopped at any point (Ctrl-C,
 a crash, a lost worker) leaves every finished student recorded and every unfinished one to grade.
 """
+
 from __future__ import annotations
 
 import hashlib

@@ -12,6 +12,7 @@ for any ``H, W``:
 - ``"fcn"``: :class:`EncoderDecoderFCN`, FCN-32s/16s/8s-style encoder-decoder;
 - ``"unet"``: :class:`UNet`.
 """
+
 from __future__ import annotations
 
 from typing import Any

@@ -5,6 +5,7 @@ into class logits; the decoder upsamples the coarse scores back to the input siz
 (with ``skips=True``) the scores of each finer encoder stage on the way, as FCN-16s/8s add
 the scores of pool4/pool3 to the upsampled scores of the last layer.
 """
+
 from __future__ import annotations
 
 import math

@@ -4,6 +4,7 @@
 per layer (``1 + 2L``); :class:`DilatedFCN` spaces the taps of each ``3 x 3`` kernel
 ``d`` pixels apart, so the receptive field grows by ``2d`` per layer at the same cost.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence

@@ -5,6 +5,7 @@ image with it means running it on every window (:func:`sliding_window_logits`);
 :func:`convolutionalize` rewrites it as convolutions that give the same logits at every
 pixel in one pass, which is the step from "sliding window" to "fully convolutional".
 """
+
 from __future__ import annotations
 
 import copy
@@ -122,7 +123,11 @@ class PatchCNN(nn.Module):
         layers: list[nn.Module] = []
         channels = in_channels
         for dilation in self.dilations:
-            layers += [nn.Conv2d(channels, width, 3, dilation=dilation, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True)]
+            layers += [
+                nn.Conv2d(channels, width, 3, dilation=dilation, bias=False),
+                nn.BatchNorm2d(width),
+                nn.ReLU(inplace=True),
+            ]
             channels = width
         self.features = nn.Sequential(*layers)
         self.head = nn.Conv2d(width, num_classes, 1)
@@ -188,10 +193,13 @@ def convolutionalize(patch_classifier: PatchClassifier) -> ConvPatchClassifier:
         layers = nn.Sequential(*copy.deepcopy(list(patch_classifier.features)), copy.deepcopy(patch_classifier.head))
         r = patch_classifier.patch_size // 2
         layers[0].padding = (r, r)  # zero-pad the image once; every later layer stays unpadded
-        return ConvPatchClassifier(layers, patch_classifier.in_channels, patch_classifier.num_classes,
-                                   patch_classifier.patch_size, kind="cnn")
+        return ConvPatchClassifier(
+            layers, patch_classifier.in_channels, patch_classifier.num_classes, patch_classifier.patch_size, kind="cnn"
+        )
     if not isinstance(patch_classifier, PatchClassifier):
-        raise TypeError(f"convolutionalize expects a PatchClassifier or PatchCNN, got {type(patch_classifier).__name__}")
+        raise TypeError(
+            f"convolutionalize expects a PatchClassifier or PatchCNN, got {type(patch_classifier).__name__}"
+        )
     p, c = patch_classifier.patch_size, patch_classifier.in_channels
     converted: list[nn.Module] = []
     first_linear = True
@@ -201,13 +209,26 @@ def convolutionalize(patch_classifier: PatchClassifier) -> ConvPatchClassifier:
         if isinstance(layer, nn.Linear):
             weight = layer.weight
             if first_linear:
-                conv = nn.Conv2d(c, layer.out_features, p, padding=p // 2, bias=layer.bias is not None,
-                                 device=weight.device, dtype=weight.dtype)
+                conv = nn.Conv2d(
+                    c,
+                    layer.out_features,
+                    p,
+                    padding=p // 2,
+                    bias=layer.bias is not None,
+                    device=weight.device,
+                    dtype=weight.dtype,
+                )
                 new_weight = weight.reshape(layer.out_features, c, p, p)
                 first_linear = False
             else:
-                conv = nn.Conv2d(layer.in_features, layer.out_features, 1, bias=layer.bias is not None,
-                                 device=weight.device, dtype=weight.dtype)
+                conv = nn.Conv2d(
+                    layer.in_features,
+                    layer.out_features,
+                    1,
+                    bias=layer.bias is not None,
+                    device=weight.device,
+                    dtype=weight.dtype,
+                )
                 new_weight = weight.reshape(layer.out_features, layer.in_features, 1, 1)
             with torch.no_grad():
                 conv.weight.copy_(new_weight)
@@ -241,8 +262,12 @@ def window_classifier(conv_model: ConvPatchClassifier) -> PatchClassifier | Patc
         cnn.features, cnn.head = nn.Sequential(*features), head
         return cnn.train(conv_model.training)
     convs = [m for m in layers if isinstance(m, nn.Conv2d)]
-    classifier = PatchClassifier(conv_model.in_channels, conv_model.num_classes, conv_model.patch_size,
-                                 hidden=[conv.out_channels for conv in convs[:-1]])
+    classifier = PatchClassifier(
+        conv_model.in_channels,
+        conv_model.num_classes,
+        conv_model.patch_size,
+        hidden=[conv.out_channels for conv in convs[:-1]],
+    )
     classifier.to(device=convs[0].weight.device, dtype=convs[0].weight.dtype)
     linears = [m for m in classifier.layers if isinstance(m, nn.Linear)]
     with torch.no_grad():

@@ -1,4 +1,5 @@
 """U-Net (Ronneberger, Fischer, Brox, 2015), small and with size-preserving convolutions."""
+
 from __future__ import annotations
 
 import torch

@@ -65,6 +65,7 @@ The code is split into one module per tool: ``values`` (``assert_close``), ``env
 ``Case``, ``layout_variants``), ``gradients`` (``check_gradients``), ``device_dtype``
 (``check_devices_and_dtypes``) and ``validation`` (``check_raises``). Import every name from ``segutils.testing`` itself.
 """
+
 from __future__ import annotations
 
 from .aliasing import check_returns_new_tensor
@@ -74,10 +75,19 @@ from .device_dtype import check_devices_and_dtypes
 from .environment import devices, seed_everything
 from .fake_cuda import FakeCudaUnsupported, run_on_fake_cuda
 from .feature_maps import (
-    check_parameters_get_gradients, coarsest_map, encoder_maps_reused, show_trace, trace_feature_maps,
+    check_parameters_get_gradients,
+    coarsest_map,
+    encoder_maps_reused,
+    show_trace,
+    trace_feature_maps,
 )
 from .forbidden import (
-    CONVOLUTION_OPS, CROSS_ENTROPY_OPS, INTERPOLATION_OPS, UNPOOL_OPS, check_no_builtin, forbid_ops,
+    CONVOLUTION_OPS,
+    CROSS_ENTROPY_OPS,
+    INTERPOLATION_OPS,
+    UNPOOL_OPS,
+    check_no_builtin,
+    forbid_ops,
 )
 from .gradients import check_gradients
 from .host_sync import no_host_sync

@@ -1,4 +1,5 @@
 """Helpers shared by the checks of :mod:`segutils.testing` (not public)."""
+
 from __future__ import annotations
 
 import inspect

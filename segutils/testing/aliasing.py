@@ -3,6 +3,7 @@
 Whether two tensors share memory is visible only in the process that holds them: in two-process
 grading this check runs in the student's process (the grader receives copies).
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -46,5 +47,7 @@ def _check_not_shared(out: Tensor, t: Tensor, label: str, call: str) -> None:
     if out is t:
         raise AssertionError(f"{call} returned its {label} itself: expected a new tensor")
     if out.numel() and t.numel() and out.untyped_storage().data_ptr() == t.untyped_storage().data_ptr():
-        raise AssertionError(f"{call} returned a view of its {label} (they share memory): expected a new tensor "
-                             f"(copy it, e.g. with .clone())")
+        raise AssertionError(
+            f"{call} returned a view of its {label} (they share memory): expected a new tensor "
+            f"(copy it, e.g. with .clone())"
+        )

@@ -1,4 +1,5 @@
 """``assert_no_delegation``: the function does its own work instead of calling the course package."""
+
 from __future__ import annotations
 
 import contextlib
@@ -155,14 +156,16 @@ def assert_no_delegation(
         raise TypeError(f"fn must be callable, got {type(fn).__name__}")
     forbidden, allowed = tuple(forbidden_modules), tuple(allowed_modules)
     if isinstance(forbidden_modules, str) or isinstance(allowed_modules, str) or not forbidden:
-        raise TypeError("forbidden_modules and allowed_modules must be sequences of module names, "
-                        "forbidden_modules not empty")
+        raise TypeError(
+            "forbidden_modules and allowed_modules must be sequences of module names, forbidden_modules not empty"
+        )
     what = _describe(fn)
     references = _static_references(fn, forbidden, allowed)
     if references:
         raise AssertionError(
             f"{what} should do the work itself, but its code uses {', '.join(references)}; the course package "
-            f"and libraries that do the job ({', '.join(forbidden)}) may not be used here: write it yourself")
+            f"and libraries that do the job ({', '.join(forbidden)}) may not be used here: write it yourself"
+        )
 
     calls: list[str] = []
 
@@ -196,5 +199,6 @@ def assert_no_delegation(
         listed = "; ".join(dict.fromkeys(calls))
         raise AssertionError(
             f"{what} should do the work itself, but it called {listed}; the course package and libraries "
-            f"that do the job ({', '.join(forbidden)}) may not be used here: write it yourself")
+            f"that do the job ({', '.join(forbidden)}) may not be used here: write it yourself"
+        )
     return output

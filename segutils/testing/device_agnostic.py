@@ -1,4 +1,5 @@
 """``check_device_agnostic``: the function runs with its inputs on the ``meta`` device."""
+
 from __future__ import annotations
 
 import copy
@@ -22,7 +23,6 @@ _CREATE_ON_DEVICE_HINT = (
     "pass device=x.device (and dtype=x.dtype) when you create a tensor, or use x.new_zeros(...), "
     "torch.zeros_like(x), ..."
 )
-
 
 
 def _to_meta(obj: Any) -> Any:
@@ -57,18 +57,27 @@ class _WatchDevices(TorchDispatchMode):
         self.current = _op_name(func)
         inputs = [t for _, t in _tensors([list(args), kwargs])]
         if any(t.device.type == self.device for t in inputs):
-            stray = [t for t in inputs if t.device.type != self.device and not (t.device.type == "cpu" and t.dim() == 0)]
+            stray = [
+                t for t in inputs if t.device.type != self.device and not (t.device.type == "cpu" and t.dim() == 0)
+            ]
             if stray:
                 raise AssertionError(
                     f"a tensor was created on {stray[0].device} (shape {tuple(stray[0].shape)}): {self.current} mixed "
-                    f"it with tensors on the inputs' device ({self.device}); {_CREATE_ON_DEVICE_HINT}")
+                    f"it with tensors on the inputs' device ({self.device}); {_CREATE_ON_DEVICE_HINT}"
+                )
         return func(*args, **kwargs)
 
 
 def _explain_meta_failure(error: Exception, op: str | None, what: str) -> str:
     text = str(error)
-    if any(s in text for s in ("cannot be called on meta tensors", "Cannot copy out of meta tensor",
-                               "meta device type tensor to numpy")):
+    if any(
+        s in text
+        for s in (
+            "cannot be called on meta tensors",
+            "Cannot copy out of meta tensor",
+            "meta device type tensor to numpy",
+        )
+    ):
         return _HOST_READ_MESSAGE
     if "is not on the expected device" in text or "Expected all tensors to be on the same device" in text:
         return f"a tensor was created on another device than the inputs': {_CREATE_ON_DEVICE_HINT} ({text})"
@@ -78,9 +87,11 @@ def _explain_meta_failure(error: Exception, op: str | None, what: str) -> str:
         via = re.search(r"torch\.(\w+)\(\)", text)
         if via and via.group(1) not in op_name:
             op_name += f" (through torch.{via.group(1)})"
-        return (f"your code uses {op_name}, whose result depends on the tensors' values (like nonzero, x[mask], "
-                f"unique, bincount or torch.equal): it cannot run on the meta device, and on a GPU it makes the "
-                f"CPU wait for the GPU")
+        return (
+            f"your code uses {op_name}, whose result depends on the tensors' values (like nonzero, x[mask], "
+            f"unique, bincount or torch.equal): it cannot run on the meta device, and on a GPU it makes the "
+            f"CPU wait for the GPU"
+        )
     return f"{what} failed with its inputs on the meta device (tensors without data): {type(error).__name__}: {text}"
 
 
@@ -120,5 +131,6 @@ def check_device_agnostic(fn: Callable[..., Any], /, *args: Any, **kwargs: Any) 
             place = f" (output{path})" if path else ""
             raise AssertionError(
                 f"{what} returned a tensor on {t.device}{place} although its inputs were on the meta device: "
-                f"{_CREATE_ON_DEVICE_HINT}")
+                f"{_CREATE_ON_DEVICE_HINT}"
+            )
     return output

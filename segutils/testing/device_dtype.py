@@ -12,6 +12,7 @@ hard-coded device is caught without a GPU:
 
 The returned list says which of these ran and which were skipped (no GPU).
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
@@ -127,16 +128,19 @@ def check_devices_and_dtypes(
         if out.device.type != device_type:
             raise AssertionError(f"{context}: expected the output on {where}, got {out.device}")
         if out.dtype != want_dtype:
-            raise AssertionError(f"{context}: expected an output of dtype {str(want_dtype).removeprefix('torch.')}, "
-                                 f"got {str(out.dtype).removeprefix('torch.')}")
+            raise AssertionError(
+                f"{context}: expected an output of dtype {str(want_dtype).removeprefix('torch.')}, "
+                f"got {str(out.dtype).removeprefix('torch.')}"
+            )
         if expected_shape is not None and tuple(out.shape) != tuple(expected_shape):
             raise AssertionError(f"{context}: expected shape {tuple(expected_shape)}, got {tuple(out.shape)}")
         compared = ""
         if reference is not None and where != "meta":
             if dtype in _HALF:
                 want = reference(*_float64(cpu_args))
-                assert_close(out.cpu().double(), want.double(), rtol=2e-2, atol=5e-2,
-                             msg=f"{context}, compared in float64")
+                assert_close(
+                    out.cpu().double(), want.double(), rtol=2e-2, atol=5e-2, msg=f"{context}, compared in float64"
+                )
             else:
                 assert_close(out.cpu(), reference(*cpu_args), check_dtype=False, msg=context)
             compared = ", values compared"

@@ -1,4 +1,5 @@
 """The devices a test runs on, and seeding every random number generator."""
+
 from __future__ import annotations
 
 import random

@@ -15,6 +15,7 @@ for what it tells PyTorch's Python bindings (that no CUDA driver is needed); no 
 made. Not simulated: CUDA streams and the autograd engine's device threads (``backward()`` on
 simulated tensors fails, so the check is for forward computations), and ``torch.cuda.*`` calls.
 """
+
 from __future__ import annotations
 
 import copy
@@ -56,8 +57,15 @@ class _FakeCudaTensor(Tensor):
     @staticmethod
     def __new__(cls, elem: Tensor, requires_grad: bool = False) -> _FakeCudaTensor:
         out = Tensor._make_wrapper_subclass(
-            cls, elem.shape, strides=elem.stride(), storage_offset=elem.storage_offset(), dtype=elem.dtype,
-            layout=elem.layout, device=_CUDA, requires_grad=requires_grad)
+            cls,
+            elem.shape,
+            strides=elem.stride(),
+            storage_offset=elem.storage_offset(),
+            dtype=elem.dtype,
+            layout=elem.layout,
+            device=_CUDA,
+            requires_grad=requires_grad,
+        )
         out.elem = elem
         return out
 
@@ -68,8 +76,10 @@ class _FakeCudaTensor(Tensor):
         return self.elem.tolist()
 
     def numpy(self, *, force: bool = False) -> Any:
-        raise TypeError("can't convert cuda:0 device type tensor to numpy. Use Tensor.cpu() to copy the tensor "
-                        "to host memory first.")
+        raise TypeError(
+            "can't convert cuda:0 device type tensor to numpy. Use Tensor.cpu() to copy the tensor "
+            "to host memory first."
+        )
 
     def __array__(self, dtype: Any = None) -> Any:
         return self.numpy()
@@ -106,7 +116,8 @@ def _dispatch(func: Any, args: tuple, kwargs: dict) -> Any:
             raise AssertionError(
                 f"a tensor on {stray[0].device} (shape {tuple(stray[0].shape)}) met tensors on the inputs' "
                 f"device (cuda) in {name}: on a GPU this fails with 'Expected all tensors to be on the same "
-                f"device'; {_CREATE_ON_DEVICE_HINT}")
+                f"device'; {_CREATE_ON_DEVICE_HINT}"
+            )
     if name in ("aten.copy_", "aten.index_put_", "aten._index_put_impl_") and args:
         on_cuda = _is_fake(args[0])  # in place: the result is the destination
     if target == "cuda":
@@ -155,13 +166,17 @@ def _from_fake(obj: Any, path: str, what: str) -> Any:
         return obj.elem
     if isinstance(obj, Tensor):
         place = f" (output{path})" if path else ""
-        raise AssertionError(f"{what} returned a tensor on {obj.device}{place} although its inputs were on a GPU "
-                             f"(cuda): {_CREATE_ON_DEVICE_HINT}")
+        raise AssertionError(
+            f"{what} returned a tensor on {obj.device}{place} although its inputs were on a GPU "
+            f"(cuda): {_CREATE_ON_DEVICE_HINT}"
+        )
     if isinstance(obj, nn.Module):
         for name, t in [*obj.named_parameters(), *obj.named_buffers()]:
             if not _is_fake(t):
-                raise AssertionError(f"{what} returned a module whose {name} is on {t.device} although its inputs "
-                                     f"were on a GPU (cuda): {_CREATE_ON_DEVICE_HINT}")
+                raise AssertionError(
+                    f"{what} returned a module whose {name} is on {t.device} although its inputs "
+                    f"were on a GPU (cuda): {_CREATE_ON_DEVICE_HINT}"
+                )
         return obj
     if isinstance(obj, tuple) and hasattr(obj, "_fields"):
         return type(obj)(*(_from_fake(x, f"{path}[{i}]", what) for i, x in enumerate(obj)))
@@ -217,11 +232,14 @@ def _run(fake_fn: Callable[..., Any], fake_args: Any, fake_kwargs: Any, what: st
             if "hasPrimaryContext" in str(error) or "device_index" in str(error):
                 raise FakeCudaUnsupported(
                     "run_on_fake_cuda does not simulate autograd's backward pass on a GPU (backward(), "
-                    "torch.autograd.grad): check this function's devices without it (fake_cuda=False)") from error
+                    "torch.autograd.grad): check this function's devices without it (fake_cuda=False)"
+                ) from error
             raise
         except TypeError as error:
             if "numpy" in str(error) and "cuda" in str(error):
-                raise AssertionError(f"{what} called .numpy() on a GPU tensor ({error}): keep the computation in "
-                                     f"tensor operations on the inputs' device") from error
+                raise AssertionError(
+                    f"{what} called .numpy() on a GPU tensor ({error}): keep the computation in "
+                    f"tensor operations on the inputs' device"
+                ) from error
             raise
     return output

@@ -10,6 +10,7 @@ in two-process grading these checks run in the student's process and return data
 - :func:`check_parameters_get_gradients`: every trainable parameter of a model receives a
   gradient from a backward pass through its output.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -18,8 +19,7 @@ import torch
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
-__all__ = ["check_parameters_get_gradients", "coarsest_map", "encoder_maps_reused", "show_trace",
-           "trace_feature_maps"]
+__all__ = ["check_parameters_get_gradients", "coarsest_map", "encoder_maps_reused", "show_trace", "trace_feature_maps"]
 
 #: One entry of a trace: the function called, the shape of the map it returned, the earlier maps it read.
 FeatureMap = tuple[str, tuple[int, ...], list[int]]
@@ -68,8 +68,10 @@ def trace_feature_maps(model: nn.Module, images: Tensor) -> list[FeatureMap]:
         ``(N, c, h, w)`` tensor, that shape, and the indices of the earlier maps among its inputs.
     """
     if not isinstance(images, Tensor) or images.ndim != 4:
-        raise TypeError(f"trace_feature_maps needs images of shape (N, C, H, W), got "
-                        f"{getattr(images, 'shape', type(images).__name__)}")
+        raise TypeError(
+            f"trace_feature_maps needs images of shape (N, C, H, W), got "
+            f"{getattr(images, 'shape', type(images).__name__)}"
+        )
     with torch.no_grad(), _FeatureMapTrace(images.shape[0]) as trace:
         model(images)
     return trace.maps
@@ -131,5 +133,7 @@ def check_parameters_get_gradients(model: nn.Module, /, *inputs: Any, name: str 
         raise AssertionError(f"{name}: the forward or backward pass raised {type(error).__name__}: {error}") from None
     missing = [n for (n, _), g in zip(params, grads) if g is None]
     if missing:
-        raise AssertionError(f"{name}: expected a gradient for every parameter, {len(missing)} of {len(params)} got "
-                             f"none, e.g. {missing[:3]}: every layer defined in __init__ must be used in forward")
+        raise AssertionError(
+            f"{name}: expected a gradient for every parameter, {len(missing)} of {len(params)} got "
+            f"none, e.g. {missing[:3]}: every layer defined in __init__ must be used in forward"
+        )

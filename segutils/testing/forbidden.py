@@ -1,4 +1,5 @@
 """``forbid_ops``, ``check_no_builtin`` and the operator sets a from-scratch implementation must not dispatch."""
+
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
@@ -11,7 +12,12 @@ from ._common import _op_name
 from .delegation import assert_no_delegation
 
 __all__ = [
-    "CONVOLUTION_OPS", "CROSS_ENTROPY_OPS", "INTERPOLATION_OPS", "UNPOOL_OPS", "check_no_builtin", "forbid_ops",
+    "CONVOLUTION_OPS",
+    "CROSS_ENTROPY_OPS",
+    "INTERPOLATION_OPS",
+    "UNPOOL_OPS",
+    "check_no_builtin",
+    "forbid_ops",
 ]
 
 OpsSpec = Union[str, torch._ops.OpOverloadPacket, torch._ops.OpOverload, Iterable[Any]]
@@ -21,26 +27,52 @@ OpsSpec = Union[str, torch._ops.OpOverloadPacket, torch._ops.OpOverload, Iterabl
 CONVOLUTION_OPS: tuple[str, ...] = (
     "aten.convolution",  # what F.conv2d, F.conv_transpose2d, nn.Conv2d... dispatch; + _backward
     "aten._convolution",  # + _convolution_double_backward, _convolution_mode
-    "aten.conv1d", "aten.conv2d", "aten.conv3d",  # seen under torch.inference_mode
-    "aten.conv_transpose1d", "aten.conv_transpose2d", "aten.conv_transpose3d",
-    "aten.conv_tbc", "aten.conv_depthwise3d", "aten._conv_depthwise2d",
-    "aten.cudnn_convolution", "aten.miopen_convolution", "aten.miopen_depthwise_convolution",
-    "aten.mkldnn_convolution", "aten.mps_convolution", "aten._mps_convolution",
-    "aten._nnpack_spatial_convolution", "aten.thnn_conv2d", "aten._slow_conv2d",
-    "aten.slow_conv3d", "aten.slow_conv_dilated2d", "aten.slow_conv_dilated3d",
-    "aten.slow_conv_transpose2d", "aten.slow_conv_transpose3d",
+    "aten.conv1d",
+    "aten.conv2d",
+    "aten.conv3d",  # seen under torch.inference_mode
+    "aten.conv_transpose1d",
+    "aten.conv_transpose2d",
+    "aten.conv_transpose3d",
+    "aten.conv_tbc",
+    "aten.conv_depthwise3d",
+    "aten._conv_depthwise2d",
+    "aten.cudnn_convolution",
+    "aten.miopen_convolution",
+    "aten.miopen_depthwise_convolution",
+    "aten.mkldnn_convolution",
+    "aten.mps_convolution",
+    "aten._mps_convolution",
+    "aten._nnpack_spatial_convolution",
+    "aten.thnn_conv2d",
+    "aten._slow_conv2d",
+    "aten.slow_conv3d",
+    "aten.slow_conv_dilated2d",
+    "aten.slow_conv_dilated3d",
+    "aten.slow_conv_transpose2d",
+    "aten.slow_conv_transpose3d",
 )
 """Convolutions, forward and backward (``F.conv1d/2d/3d``, ``F.conv_transpose*``, ``nn.Conv*``).
 Not ``aten.im2col``/``aten.col2im`` (``F.unfold``/``F.fold``), matmul, einsum or scatter."""
 
 INTERPOLATION_OPS: tuple[str, ...] = (
-    "aten.upsample_nearest1d", "aten.upsample_nearest2d", "aten.upsample_nearest3d",
-    "aten._upsample_nearest_exact1d", "aten._upsample_nearest_exact2d", "aten._upsample_nearest_exact3d",
-    "aten.upsample_linear1d", "aten.upsample_bilinear2d", "aten.upsample_trilinear3d",
-    "aten.upsample_bicubic2d", "aten._upsample_bilinear2d_aa", "aten._upsample_bicubic2d_aa",
+    "aten.upsample_nearest1d",
+    "aten.upsample_nearest2d",
+    "aten.upsample_nearest3d",
+    "aten._upsample_nearest_exact1d",
+    "aten._upsample_nearest_exact2d",
+    "aten._upsample_nearest_exact3d",
+    "aten.upsample_linear1d",
+    "aten.upsample_bilinear2d",
+    "aten.upsample_trilinear3d",
+    "aten.upsample_bicubic2d",
+    "aten._upsample_bilinear2d_aa",
+    "aten._upsample_bicubic2d_aa",
     "aten._upsample_lanczos2d_aa",
-    "aten.grid_sampler", "aten._grid_sampler_2d_cpu_fallback", "aten.cudnn_grid_sampler",
-    "aten.affine_grid_generator", "aten.cudnn_affine_grid_generator",
+    "aten.grid_sampler",
+    "aten._grid_sampler_2d_cpu_fallback",
+    "aten.cudnn_grid_sampler",
+    "aten.affine_grid_generator",
+    "aten.cudnn_affine_grid_generator",
 )
 """Resizing built-ins, forward and backward (``F.interpolate`` in every mode, antialias too,
 ``nn.Upsample``, ``nn.UpsamplingBilinear2d/Nearest2d``, ``F.grid_sample``, ``F.affine_grid``)."""
@@ -49,9 +81,16 @@ UNPOOL_OPS: tuple[str, ...] = ("aten.max_unpool2d", "aten.max_unpool3d")
 """``F.max_unpool1d/2d/3d`` and ``nn.MaxUnpool*`` (their backward is a plain ``aten.gather``)."""
 
 CROSS_ENTROPY_OPS: tuple[str, ...] = (
-    "aten.cross_entropy_loss", "aten.nll_loss",  # nll_loss also catches nll_loss2d_forward, _backward, _nd
-    "aten.log_softmax", "aten._log_softmax", "aten.special_log_softmax",
-    "aten.softmax", "aten._softmax", "aten._safe_softmax", "aten.special_softmax", "aten._masked_softmax",
+    "aten.cross_entropy_loss",
+    "aten.nll_loss",  # nll_loss also catches nll_loss2d_forward, _backward, _nd
+    "aten.log_softmax",
+    "aten._log_softmax",
+    "aten.special_log_softmax",
+    "aten.softmax",
+    "aten._softmax",
+    "aten._safe_softmax",
+    "aten.special_softmax",
+    "aten._masked_softmax",
 )
 """``F.cross_entropy``, ``nn.CrossEntropyLoss``, ``F.nll_loss``, ``log_softmax`` and ``softmax``
 (functional, tensor method and module forms), forward and backward. ``logsumexp`` is allowed."""
@@ -70,7 +109,6 @@ _BUILTIN_HINTS: tuple[tuple[str, str], ...] = (
 )
 
 
-
 def _patterns(ops: OpsSpec) -> tuple[str, ...]:
     if isinstance(ops, (str, torch._ops.OpOverloadPacket, torch._ops.OpOverload)):
         ops = (ops,)
@@ -84,8 +122,10 @@ def _patterns(ops: OpsSpec) -> tuple[str, ...]:
                 raise ValueError("an operator name must not be empty")
             patterns.append(pattern if "." in pattern else f"aten.{pattern}")
         else:
-            raise TypeError(f"operators are given as names like 'aten.convolution' or torch.ops.aten.* objects, "
-                            f"got {type(op).__name__}")
+            raise TypeError(
+                f"operators are given as names like 'aten.convolution' or torch.ops.aten.* objects, "
+                f"got {type(op).__name__}"
+            )
     if not patterns:
         raise ValueError("no operator to forbid")
     return tuple(patterns)
@@ -98,8 +138,10 @@ def _is_ops_spec(x: Any) -> bool:
 def _forbidden_message(op: str) -> str:
     hint = next((text for key, text in _BUILTIN_HINTS if key in op), None)
     used_by = f" (used by {hint})" if hint else ""
-    return (f"your implementation called the forbidden operation {op}{used_by}; write it without "
-            f"{'these built-ins' if hint else 'it'}, from elementary tensor operations")
+    return (
+        f"your implementation called the forbidden operation {op}{used_by}; write it without "
+        f"{'these built-ins' if hint else 'it'}, from elementary tensor operations"
+    )
 
 
 class _ForbidOps(TorchDispatchMode):

@@ -1,4 +1,5 @@
 """``check_gradients``: gradients flow back to the inputs and are right (``torch.autograd.gradcheck``)."""
+
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
@@ -45,8 +46,11 @@ def check_gradients(
     if not callable(fn):
         raise TypeError(f"fn must be callable, got {type(fn).__name__}")
     name = name or getattr(fn, "__name__", type(fn).__name__)
-    positions = list(wrt) if wrt is not None else [
-        i for i, a in enumerate(args) if isinstance(a, Tensor) and a.is_floating_point()]
+    positions = (
+        list(wrt)
+        if wrt is not None
+        else [i for i, a in enumerate(args) if isinstance(a, Tensor) and a.is_floating_point()]
+    )
     if not positions:
         raise ValueError("check_gradients: no floating-point tensor argument to differentiate")
     inputs = list(args)
@@ -64,7 +68,8 @@ def check_gradients(
         raise AssertionError(
             f"{call}: the output does not require grad: the computation left the autograd graph (a .detach(), "
             f".item(), .numpy(), torch.no_grad(), or a new tensor filled with values read from the inputs); "
-            f"build the output from the inputs with tensor operations")
+            f"build the output from the inputs with tensor operations"
+        )
 
     def differentiable(*diff: Tensor) -> Any:
         full = list(inputs)
@@ -78,5 +83,6 @@ def check_gradients(
         first = str(error).strip().splitlines()[0]
         raise AssertionError(f"{call}: wrong gradients (compared with finite differences): {first}") from None
     except Exception as error:
-        raise AssertionError(f"{call}: no gradient: the backward pass failed with {type(error).__name__}: "
-                             f"{error}") from None
+        raise AssertionError(
+            f"{call}: no gradient: the backward pass failed with {type(error).__name__}: {error}"
+        ) from None

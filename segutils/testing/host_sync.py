@@ -1,4 +1,5 @@
 """``no_host_sync``: on CUDA, the function never makes the host wait for the GPU."""
+
 from __future__ import annotations
 
 import contextlib

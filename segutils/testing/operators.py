@@ -1,5 +1,6 @@
 """Counting the aten operators a call dispatches, and ``assert_vectorized``: their number must not
 grow with the image size (a Python loop over pixels makes it grow)."""
+
 from __future__ import annotations
 
 import collections
@@ -48,6 +49,7 @@ def total_ops(counter: collections.Counter[str]) -> int:
         raise TypeError(f"counter must be a collections.Counter (from count_ops), got {type(counter).__name__}")
     return sum(counter.values())
 
+
 def assert_vectorized(
     fn: Callable[..., Any],
     make_inputs: Callable[..., Any],
@@ -88,8 +90,10 @@ def assert_vectorized(
         try:
             return make_inputs(h) if arity == 1 else make_inputs(h, w)
         except Exception as error:
-            raise TypeError(f"make_inputs failed for size {h}x{w} ({type(error).__name__}: {error}); "
-                            "the call is assert_vectorized(fn, make_inputs, ...)") from error
+            raise TypeError(
+                f"make_inputs failed for size {h}x{w} ({type(error).__name__}: {error}); "
+                "the call is assert_vectorized(fn, make_inputs, ...)"
+            ) from error
 
     _call_with(fn, inputs(*sizes[0]))
     counts = [count_ops(_call_with, fn, inputs(h, w)) for h, w in sizes]
@@ -102,4 +106,5 @@ def assert_vectorized(
     top = ", ".join(f"{op} {counts[0][op]} \u2192 {counts[grown][op]}" for d, op in growth[:3] if d > 0)
     raise AssertionError(
         f"{name}: the number of PyTorch operations grows with the image size ({by_size}): loop over pixels? "
-        f"Use whole-tensor operations instead of Python loops (most growth: {top})")
+        f"Use whole-tensor operations instead of Python loops (most growth: {top})"
+    )

@@ -1,4 +1,5 @@
 """``check_raises``: bad input raises the documented exception, with a message."""
+
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
@@ -41,11 +42,15 @@ def check_raises(
     except wanted as error:
         text = str(error).strip()
         if not text:
-            raise AssertionError(f"{name} raised {type(error).__name__} for {problem}, but with an empty message: "
-                                 f"say what is wrong with the input") from None
+            raise AssertionError(
+                f"{name} raised {type(error).__name__} for {problem}, but with an empty message: "
+                f"say what is wrong with the input"
+            ) from None
         if match is not None and match.lower() not in text.lower():
-            raise AssertionError(f"{name} raised {type(error).__name__} for {problem}, but its message "
-                                 f"({text!r}) does not mention {match!r}") from None
+            raise AssertionError(
+                f"{name} raised {type(error).__name__} for {problem}, but its message "
+                f"({text!r}) does not mention {match!r}"
+            ) from None
         return error
     except Exception as error:
         raise AssertionError(f"expected {wanted_name} for {problem}, got {type(error).__name__}: {error}") from None

@@ -1,5 +1,6 @@
 """``assert_close``: shape, dtype, device, NaN/inf positions and values of a tensor, with a message
 that says what differs and where."""
+
 from __future__ import annotations
 
 import math
@@ -94,7 +95,8 @@ def assert_close(
         raise AssertionError(f"{prefix}{name} should have shape {tuple(expected.shape)}, got {tuple(actual.shape)}")
     if check_dtype and actual.dtype != expected.dtype:
         raise AssertionError(
-            f"{prefix}{name} should have dtype {_dtype_name(expected.dtype)}, got {_dtype_name(actual.dtype)}")
+            f"{prefix}{name} should have dtype {_dtype_name(expected.dtype)}, got {_dtype_name(actual.dtype)}"
+        )
     if check_device and actual.device != expected.device:
         raise AssertionError(f"{prefix}{name} should be on device {expected.device}, got {actual.device}")
     if actual.is_meta or expected.is_meta:
@@ -118,15 +120,20 @@ def assert_close(
 
 def _float_mismatch(actual: Tensor, expected: Tensor, rtol: float, atol: float, name: str) -> str | None:
     shape, a, e = actual.shape, actual.flatten(), expected.flatten()
-    for what, in_a, in_e in (("NaN", a.isnan(), e.isnan()), ("+inf", a == math.inf, e == math.inf),
-                             ("-inf", a == -math.inf, e == -math.inf)):
+    for what, in_a, in_e in (
+        ("NaN", a.isnan(), e.isnan()),
+        ("+inf", a == math.inf, e == math.inf),
+        ("-inf", a == -math.inf, e == -math.inf),
+    ):
         wrong = in_a != in_e
         count = int(wrong.sum())
         if count:
             first = int(wrong.nonzero()[0, 0])
-            return (f"{name} has {what} in the wrong places: {count} of {a.numel()} elements differ there; "
-                    f"the first is{_index(first, shape)}, where {name} is {_value(a[first])} "
-                    f"and the expected value is {_value(e[first])}")
+            return (
+                f"{name} has {what} in the wrong places: {count} of {a.numel()} elements differ there; "
+                f"the first is{_index(first, shape)}, where {name} is {_value(a[first])} "
+                f"and the expected value is {_value(e[first])}"
+            )
     finite = a.isfinite() & e.isfinite()
     diff = torch.where(finite, (a - e).abs(), torch.zeros_like(a))
     bad = diff > atol + rtol * e.abs()
@@ -136,11 +143,13 @@ def _float_mismatch(actual: Tensor, expected: Tensor, rtol: float, atol: float, 
     worst = int(diff.argmax())
     rel = torch.where(finite & (e != 0), diff / e.abs(), torch.zeros_like(a))
     worst_rel = int(rel.argmax())
-    return (f"{name} does not match the expected values: {count} of {a.numel()} elements differ by more than "
-            f"the tolerance (rtol={rtol:g}, atol={atol:g}); the largest absolute difference is "
-            f"{float(diff[worst]):.3g}{_index(worst, shape)} ({name} {_value(a[worst])}, expected "
-            f"{_value(e[worst])}); the largest relative difference is {float(rel[worst_rel]):.3g}"
-            f"{_index(worst_rel, shape)}")
+    return (
+        f"{name} does not match the expected values: {count} of {a.numel()} elements differ by more than "
+        f"the tolerance (rtol={rtol:g}, atol={atol:g}); the largest absolute difference is "
+        f"{float(diff[worst]):.3g}{_index(worst, shape)} ({name} {_value(a[worst])}, expected "
+        f"{_value(e[worst])}); the largest relative difference is {float(rel[worst_rel]):.3g}"
+        f"{_index(worst_rel, shape)}"
+    )
 
 
 def _exact_mismatch(actual: Tensor, expected: Tensor, name: str) -> str | None:
@@ -150,8 +159,10 @@ def _exact_mismatch(actual: Tensor, expected: Tensor, name: str) -> str | None:
     if not count:
         return None
     first = int(wrong.nonzero()[0, 0])
-    text = (f"{name} does not match the expected values exactly: {count} of {a.numel()} elements differ; "
-            f"the first is{_index(first, shape)} ({name} {_value(a[first])}, expected {_value(e[first])})")
+    text = (
+        f"{name} does not match the expected values exactly: {count} of {a.numel()} elements differ; "
+        f"the first is{_index(first, shape)} ({name} {_value(a[first])}, expected {_value(e[first])})"
+    )
     if a.dtype != torch.bool:
         diff = (a.to(torch.int64) - e.to(torch.int64)).abs()
         worst = int(diff.argmax())

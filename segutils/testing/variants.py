@@ -10,6 +10,7 @@ Each case runs on each device; the varied arguments (the first one by default) a
 as a channels-last tensor, a transposed view and a strided view (:func:`layout_variants`), since
 a student's code must not assume a contiguous input.
 """
+
 from __future__ import annotations
 
 import reprlib
@@ -93,14 +94,16 @@ def _same(a: Tensor, b: Tensor) -> bool:
     return bool(equal.all())
 
 
-def _check_unchanged(args: list[Any], kwargs: dict[str, Any], before: tuple[list[Any], dict[str, Any]],
-                     where: str, name: str) -> None:
+def _check_unchanged(
+    args: list[Any], kwargs: dict[str, Any], before: tuple[list[Any], dict[str, Any]], where: str, name: str
+) -> None:
     pairs = [(f"argument {i}", a, b) for i, (a, b) in enumerate(zip(args, before[0]))]
     pairs += [(f"argument {k}", kwargs[k], before[1][k]) for k in kwargs]
     for label, a, b in pairs:
         if isinstance(a, Tensor) and not _same(a, b):
-            raise AssertionError(f"{where}: {name} changed its {label} in place; leave the inputs unchanged "
-                                 f"(work on a copy)")
+            raise AssertionError(
+                f"{where}: {name} changed its {label} in place; leave the inputs unchanged (work on a copy)"
+            )
 
 
 def _compare(got: Any, want: Any, rtol: float | None, atol: float | None, msg: str) -> None:
@@ -112,7 +115,9 @@ def _compare(got: Any, want: Any, rtol: float | None, atol: float | None, msg: s
         for i, (g, w) in enumerate(zip(got, want)):
             _compare(g, w, rtol, atol, f"{msg}, output {i}")
     elif isinstance(want, float) and isinstance(got, (int, float)) and not isinstance(got, bool):
-        if not abs(got - want) <= (atol if atol is not None else 1e-7) + (rtol if rtol is not None else 1e-7) * abs(want):
+        if not abs(got - want) <= (atol if atol is not None else 1e-7) + (rtol if rtol is not None else 1e-7) * abs(
+            want
+        ):
             raise AssertionError(f"{msg}: expected {want!r}, got {got!r}")
     elif got != want:
         raise AssertionError(f"{msg}: expected {want!r}, got {_describe_value(got)}")
@@ -190,8 +195,9 @@ def check_values(
                 try:
                     got = fn(*trial_args, **trial_kwargs)
                 except Exception as error:
-                    raise AssertionError(f"{where}: expected {_describe_value(want)}, but it raised "
-                                         f"{type(error).__name__}: {error}") from None
+                    raise AssertionError(
+                        f"{where}: expected {_describe_value(want)}, but it raised {type(error).__name__}: {error}"
+                    ) from None
                 _compare(got, want, rtol, atol, where)
                 if check_inputs_unchanged:
                     _check_unchanged(trial_args, trial_kwargs, before, where, name)

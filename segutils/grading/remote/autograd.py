@@ -9,10 +9,12 @@ student's function as a black box, in float64 end to end. Outputs that do not re
 student's process do not require grad in the grader either (a detached result stays detached).
 Double backward is not supported (``once_differentiable``).
 """
+
 from __future__ import annotations
 
 import itertools
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import torch
 from torch.autograd.function import once_differentiable
@@ -57,7 +59,8 @@ def call(endpoint: Any, target: Any, args: tuple, kwargs: dict) -> Any:
             f"this test watches PyTorch's dispatcher ({', '.join(foreign)}) around a call of the student's code, "
             "which runs in the student's process in two-process grading, where the grader cannot see it: use the "
             "segutils.testing checks (count_ops, forbid_ops, run_on_fake_cuda, check_devices_and_dtypes...), "
-            "which run where the code runs")
+            "which run where the code runs"
+        )
     if probes.ACTIVE:
         return probes.remote_call(endpoint, target, args, kwargs)
     inputs = [t for t in tensors_in((args, kwargs)) if t.requires_grad]
@@ -74,14 +77,24 @@ def _foreign_dispatch_modes() -> list[str]:
     """The dispatch modes active in this (the grader's) process other than those of ``segutils.testing``."""
     from torch.utils._python_dispatch import _get_current_dispatch_mode_stack
 
-    return [type(m).__name__ for m in _get_current_dispatch_mode_stack()
-            if not type(m).__module__.startswith("segutils.testing")]
+    return [
+        type(m).__name__
+        for m in _get_current_dispatch_mode_stack()
+        if not type(m).__module__.startswith("segutils.testing")
+    ]
 
 
 class _Bridge(torch.autograd.Function):
     @staticmethod
-    def forward(ctx: Any, endpoint: Any, target: Any, args: list, kwargs: dict, box: dict,  # type: ignore[override]
-                *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def forward(
+        ctx: Any,
+        endpoint: Any,
+        target: Any,
+        args: list,
+        kwargs: dict,
+        box: dict,  # type: ignore[override]
+        *inputs: torch.Tensor,
+    ) -> tuple[torch.Tensor, ...]:
         answer = endpoint.request("gcall", target=target, args=args, kwargs=kwargs)
         if not (isinstance(answer, dict) and isinstance(answer.get("gid"), int)):
             raise RuntimeError("the student's process answered a gradient-tracked call without its graph id")
@@ -102,14 +115,18 @@ class _Bridge(torch.autograd.Function):
         grads = [g if flag else None for g, flag in zip(grad_outputs[:-1], ctx.differentiable)]
         answer = ctx.endpoint.request("backward", gid=ctx.gid, grads=grads)
         if not isinstance(answer, list) or len(answer) != len(ctx.inputs):
-            raise RuntimeError(f"the student's process answered {len(answer) if isinstance(answer, list) else answer!r} "
-                               f"input gradients, expected {len(ctx.inputs)}")
+            raise RuntimeError(
+                f"the student's process answered {len(answer) if isinstance(answer, list) else answer!r} "
+                f"input gradients, expected {len(ctx.inputs)}"
+            )
         checked = []
         for grad, (shape, dtype) in zip(answer, ctx.inputs):
             if grad is not None and not (isinstance(grad, torch.Tensor) and tuple(grad.shape) == shape):
-                raise RuntimeError(f"the student's process answered a gradient of shape "
-                                   f"{tuple(grad.shape) if isinstance(grad, torch.Tensor) else type(grad).__name__} "
-                                   f"for an input of shape {shape}")
+                raise RuntimeError(
+                    f"the student's process answered a gradient of shape "
+                    f"{tuple(grad.shape) if isinstance(grad, torch.Tensor) else type(grad).__name__} "
+                    f"for an input of shape {shape}"
+                )
             checked.append(grad.to(dtype) if grad is not None and grad.dtype != dtype else grad)
         return (None, None, None, None, None, *checked)
 
@@ -143,8 +160,9 @@ class GraphStore:
         pairs = [(o, g) for o, g in zip(outputs, grads) if o.requires_grad and isinstance(g, torch.Tensor)]
         if not pairs or not inputs:
             return [None] * len(inputs)
-        found = torch.autograd.grad([o for o, _ in pairs], inputs, grad_outputs=[g for _, g in pairs],
-                                    retain_graph=True, allow_unused=True)
+        found = torch.autograd.grad(
+            [o for o, _ in pairs], inputs, grad_outputs=[g for _, g in pairs], retain_graph=True, allow_unused=True
+        )
         return [g.detach() if g is not None else None for g in found]
 
     def handlers(self) -> dict:

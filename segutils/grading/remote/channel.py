@@ -11,6 +11,7 @@ student's process answers anything about its own objects; the grader answers onl
 callables a test passed (never an attribute: a test function's ``__globals__`` or ``__code__`` would
 leak the hidden tests).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -19,9 +20,9 @@ import select
 import socket
 import struct
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from collections.abc import Iterator
-from typing import Any, Callable
+from typing import Any
 
 from segutils.grading.remote.codec import DEFAULT_LIMITS, CodecError, CodecLimits, RefInfo, decode, encode
 
@@ -99,22 +100,31 @@ class Policy:
     namespace: Callable[[], dict] = dict
 
     @classmethod
-    def student(cls, namespace: Callable[[], dict]) -> "Policy":
+    def student(cls, namespace: Callable[[], dict]) -> Policy:
         """Anything about the student's own objects; ``namespace()`` gives the names it may look up."""
         return cls(frozenset({"call", "getattr", "setattr", "op", "lookup", "release", "names"}), namespace)
 
     @classmethod
-    def grader(cls) -> "Policy":
+    def grader(cls) -> Policy:
         return cls(frozenset({"call", "release"}))
 
 
 #: Dunder operations a proxy forwards (``op`` requests): name -> how the exporter applies it.
 OPERATIONS: dict[str, Callable[..., Any]] = {
-    "len": len, "iter": iter, "next": next, "bool": bool, "repr": repr, "str": str,
-    "getitem": lambda obj, key: obj[key], "setitem": lambda obj, key, value: obj.__setitem__(key, value),
-    "contains": lambda obj, item: item in obj, "enter": lambda obj: obj.__enter__(),
-    "exit": lambda obj, *exc: obj.__exit__(*exc), "dir": lambda obj: sorted(dir(obj)),
-    "copy": lambda obj: __import__("copy").copy(obj), "deepcopy": lambda obj: __import__("copy").deepcopy(obj),
+    "len": len,
+    "iter": iter,
+    "next": next,
+    "bool": bool,
+    "repr": repr,
+    "str": str,
+    "getitem": lambda obj, key: obj[key],
+    "setitem": lambda obj, key, value: obj.__setitem__(key, value),
+    "contains": lambda obj, item: item in obj,
+    "enter": lambda obj: obj.__enter__(),
+    "exit": lambda obj, *exc: obj.__exit__(*exc),
+    "dir": lambda obj: sorted(dir(obj)),
+    "copy": lambda obj: __import__("copy").copy(obj),
+    "deepcopy": lambda obj: __import__("copy").deepcopy(obj),
 }
 
 
@@ -133,7 +143,7 @@ class Endpoint:
     channel: Channel
     side: str
     policy: Policy
-    make_proxy: Callable[["Endpoint", RefInfo], Any]
+    make_proxy: Callable[[Endpoint, RefInfo], Any]
     timeout: float | None = None
     limits: CodecLimits = DEFAULT_LIMITS
     handlers: dict[str, Callable[..., Any]] = field(default_factory=dict)
@@ -163,8 +173,9 @@ class Endpoint:
             self._export_ids[key] = ident
         cls = type(obj)
         arity = _arity(obj) if self.side == "g" and callable(obj) else None
-        return RefInfo(self.side, ident, str(getattr(cls, "__module__", "") or ""), str(cls.__qualname__), callable(obj),
-                       arity)
+        return RefInfo(
+            self.side, ident, str(getattr(cls, "__module__", "") or ""), str(cls.__qualname__), callable(obj), arity
+        )
 
     def resolve(self, ref: RefInfo) -> Any:
         if ref.side == self.side:
@@ -181,8 +192,9 @@ class Endpoint:
 
     def decode(self, data: bytes) -> Any:
         with _no_dispatch_modes():
-            return decode(data, resolve=self.resolve, limits=self.limits,
-                          modules=self._on_module if self.side == "s" else None)
+            return decode(
+                data, resolve=self.resolve, limits=self.limits, modules=self._on_module if self.side == "s" else None
+            )
 
     def _on_module(self, mid: int | None, module: Any) -> None:
         self._received.append((mid, module))
@@ -268,9 +280,16 @@ class Endpoint:
             if mid is None:
                 continue
             try:  # a module holding one of the grader's callables (a test's own module class) has no full state
-                states.append([mid, {"p": {n: p.detach() for n, p in module.named_parameters()},
-                                     "b": {n: b for n, b in module.named_buffers()},
-                                     "t": {n: m.training for n, m in module.named_modules()}}])
+                states.append(
+                    [
+                        mid,
+                        {
+                            "p": {n: p.detach() for n, p in module.named_parameters()},
+                            "b": {n: b for n, b in module.named_buffers()},
+                            "t": {n: m.training for n, m in module.named_modules()},
+                        },
+                    ]
+                )
             except Exception:  # noqa: BLE001 - its state does not come back; the call's answer still does
                 continue
         return {"sync": states} if states else {}
@@ -334,7 +353,11 @@ class Endpoint:
         target = message.get("target")
         if op == "call":
             args, kwargs = message.get("args", []), message.get("kwargs", {})
-            if not isinstance(args, list) or not isinstance(kwargs, dict) or not all(isinstance(k, str) for k in kwargs):
+            if (
+                not isinstance(args, list)
+                or not isinstance(kwargs, dict)
+                or not all(isinstance(k, str) for k in kwargs)
+            ):
                 raise ChannelError("a call request with malformed arguments")
             with default_dtype(message.get("ddt")):
                 return target(*args, **kwargs)

@@ -32,6 +32,7 @@ module     (grader to student only) an ``nn.Module`` of a class of ``torch.nn`` 
 Nothing is unpickled or evaluated. :func:`decode` checks every limit of :class:`CodecLimits` before
 allocating, and raises :class:`CodecError` (a ``ValueError`` naming the problem) on anything else.
 """
+
 from __future__ import annotations
 
 import builtins
@@ -41,8 +42,9 @@ import json
 import math
 import re
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -52,16 +54,33 @@ _LENGTH = struct.Struct("<Q")
 
 _DTYPES: dict[str, torch.dtype] = {
     name: getattr(torch, name)
-    for name in ("float16", "bfloat16", "float32", "float64", "complex64", "complex128", "uint8", "int8", "int16",
-                 "int32", "int64", "bool", "uint16", "uint32", "uint64")
+    for name in (
+        "float16",
+        "bfloat16",
+        "float32",
+        "float64",
+        "complex64",
+        "complex128",
+        "uint8",
+        "int8",
+        "int16",
+        "int32",
+        "int64",
+        "bool",
+        "uint16",
+        "uint32",
+        "uint64",
+    )
     if isinstance(getattr(torch, name, None), torch.dtype)
 }
 _DTYPE_NAMES = {dtype: name for name, dtype in _DTYPES.items()}
 _DEVICE = re.compile(r"^(cpu|meta|cuda|mps)(:[0-9]{1,3})?$")
 #: Built-in exception classes a remote exception may become (anything else: its first such base).
-_EXCEPTIONS = {name: cls for name, cls in vars(builtins).items()
-               if isinstance(cls, type) and issubclass(cls, BaseException)
-               and issubclass(cls, Exception)}  # never SystemExit, KeyboardInterrupt, BaseException itself...
+_EXCEPTIONS = {
+    name: cls
+    for name, cls in vars(builtins).items()
+    if isinstance(cls, type) and issubclass(cls, BaseException) and issubclass(cls, Exception)
+}  # never SystemExit, KeyboardInterrupt, BaseException itself...
 
 
 class CodecError(ValueError):
@@ -115,8 +134,9 @@ class RemoteTraceback(str):
 
 
 # -- encoding ----------------------------------------------------------------------------------
-def encode(value: Any, export: Exporter | None = None, limits: CodecLimits = DEFAULT_LIMITS,
-           modules_by_value: bool = False) -> bytes:
+def encode(
+    value: Any, export: Exporter | None = None, limits: CodecLimits = DEFAULT_LIMITS, modules_by_value: bool = False
+) -> bytes:
     """``value`` as one message; objects that are not data become handles through ``export``.
 
     With ``modules_by_value``, modules of ``torch.nn`` and ``segutils`` classes are sent as ``module``
@@ -203,16 +223,23 @@ class _Encoder:
             return {"t": "device", "v": str(value)}
         if isinstance(value, BaseException):
             return self.exception(value)
-        if self.modules_by_value and isinstance(value, torch.nn.Module) and module_class(
-                type(value).__module__, type(value).__qualname__) is type(value):
+        if (
+            self.modules_by_value
+            and isinstance(value, torch.nn.Module)
+            and module_class(type(value).__module__, type(value).__qualname__) is type(value)
+        ):
             mid = self.export(value).id if self.export is not None else None
-            return {"t": "module", "m": type(value).__module__, "n": type(value).__qualname__, "mid": mid,
-                    "state": self.node(dict(vars(value)), depth + 1)}
+            return {
+                "t": "module",
+                "m": type(value).__module__,
+                "n": type(value).__qualname__,
+                "mid": mid,
+                "state": self.node(dict(vars(value)), depth + 1),
+            }
         if self.export is None:
             raise CodecError(f"a {type(value).__name__} is not data and cannot cross the grading channel")
         ref = self.export(value)
-        node = {"t": "ref", "side": ref.side, "id": ref.id, "m": ref.type_module, "n": ref.type_name,
-                "c": ref.callable}
+        node = {"t": "ref", "side": ref.side, "id": ref.id, "m": ref.type_module, "n": ref.type_name, "c": ref.callable}
         if ref.arity is not None:
             node["a"] = ref.arity
         return node
@@ -223,8 +250,13 @@ class _Encoder:
             raise CodecError(f"a {t.layout} tensor cannot cross the grading channel (only strided tensors)")
         if t.dtype not in _DTYPE_NAMES:
             raise CodecError(f"a tensor of dtype {t.dtype} cannot cross the grading channel")
-        node = {"t": "tensor", "dtype": _DTYPE_NAMES[t.dtype], "device": str(t.device),
-                "rg": bool(t.requires_grad), "param": isinstance(t, torch.nn.Parameter)}
+        node = {
+            "t": "tensor",
+            "dtype": _DTYPE_NAMES[t.dtype],
+            "device": str(t.device),
+            "rg": bool(t.requires_grad),
+            "param": isinstance(t, torch.nn.Parameter),
+        }
         data = t.detach()
         if data.is_conj():
             data = data.resolve_conj()
@@ -248,8 +280,12 @@ class _Encoder:
 
         names = [cls.__name__ for cls in type(error).__mro__ if issubclass(cls, BaseException)]
         text = "".join(traceback.format_exception(type(error), error, error.__traceback__))
-        return {"t": "exc", "types": names[:20], "msg": str(error)[:20_000],
-                "tb": getattr(error, "remote_traceback", "") or text[-20_000:]}
+        return {
+            "t": "exc",
+            "types": names[:20],
+            "msg": str(error)[:20_000],
+            "tb": getattr(error, "remote_traceback", "") or text[-20_000:],
+        }
 
 
 def _span(shape: list[int], strides: list[int]) -> int:
@@ -260,8 +296,12 @@ def _span(shape: list[int], strides: list[int]) -> int:
 
 
 # -- decoding ----------------------------------------------------------------------------------
-def decode(data: bytes, resolve: Resolver | None = None, limits: CodecLimits = DEFAULT_LIMITS,
-           modules: Callable[[int | None, torch.nn.Module], None] | None = None) -> Any:
+def decode(
+    data: bytes,
+    resolve: Resolver | None = None,
+    limits: CodecLimits = DEFAULT_LIMITS,
+    modules: Callable[[int | None, torch.nn.Module], None] | None = None,
+) -> Any:
     """The value of a message made by :func:`encode`; ``resolve`` turns ``ref`` nodes into objects;
     ``modules`` (if given) accepts ``module`` nodes and is told of each module rebuilt.
 
@@ -287,13 +327,13 @@ def decode(data: bytes, resolve: Resolver | None = None, limits: CodecLimits = D
         raise CodecError("the message is shorter than its buffer table and header")
     lengths = [_LENGTH.unpack_from(data, offset + i * _LENGTH.size)[0] for i in range(count)]
     offset += count * _LENGTH.size
-    header = bytes(data[offset:offset + header_len])
+    header = bytes(data[offset : offset + header_len])
     offset += header_len
     if offset + sum(lengths) != len(data):
         raise CodecError(f"the message's buffers hold {len(data) - offset} bytes, its table says {sum(lengths)}")
     buffers = []
     for length in lengths:
-        buffers.append(data[offset:offset + length])
+        buffers.append(data[offset : offset + length])
         offset += length
     try:
         tree = json.loads(header.decode("utf-8"))
@@ -392,7 +432,11 @@ class _Decoder:
             return torch.device(_device(node.get("v")))
         if kind == "size":
             dims = node.get("v")
-            if not (isinstance(dims, list) and len(dims) <= self.limits.max_rank and all(_is_int(d) and d >= 0 for d in dims)):
+            if not (
+                isinstance(dims, list)
+                and len(dims) <= self.limits.max_rank
+                and all(_is_int(d) and d >= 0 for d in dims)
+            ):
                 raise CodecError("a size node that is not a list of non-negative ints")
             return torch.Size(dims)
         if kind == "tensor":
@@ -432,8 +476,10 @@ class _Decoder:
         else:
             raw = self.buffer(node.get("b"))
             if len(raw) != span * itemsize:
-                raise CodecError(f"a tensor of shape {shape} and strides {strides} needs {span * itemsize} bytes, "
-                                 f"its buffer has {len(raw)}")
+                raise CodecError(
+                    f"a tensor of shape {shape} and strides {strides} needs {span * itemsize} bytes, "
+                    f"its buffer has {len(raw)}"
+                )
             base = torch.frombuffer(bytearray(raw), dtype=torch.uint8) if span else torch.empty(0, dtype=torch.uint8)
             tensor = torch.as_strided(base.view(dtype), shape, strides, 0)
             if device != "cpu":
@@ -469,9 +515,16 @@ class _Decoder:
         if self.resolve is None:
             raise CodecError("a handle to a remote object where only data is accepted")
         side, ident, module, name, is_callable, arity = (node.get(k) for k in ("side", "id", "m", "n", "c", "a"))
-        if side not in ("s", "g") or not _is_int(ident) or not isinstance(module, str) or not isinstance(name, str) \
-                or not isinstance(is_callable, bool) or len(module) > 200 or len(name) > 200 \
-                or not (arity is None or (_is_int(arity) and 0 <= arity <= 64)):
+        if (
+            side not in ("s", "g")
+            or not _is_int(ident)
+            or not isinstance(module, str)
+            or not isinstance(name, str)
+            or not isinstance(is_callable, bool)
+            or len(module) > 200
+            or len(name) > 200
+            or not (arity is None or (_is_int(arity) and 0 <= arity <= 64))
+        ):
             raise CodecError("a malformed handle node")
         return self.resolve(RefInfo(side, ident, module, name, is_callable, arity))
 
@@ -482,7 +535,8 @@ def module_class(module: Any, qualname: Any) -> type | None:
     if not (isinstance(module, str) and isinstance(qualname, str)) or "<" in qualname:
         return None
     if not (module == "torch.nn" or module.startswith(("torch.nn.", "segutils."))) or module.startswith(
-            "segutils.grading"):
+        "segutils.grading"
+    ):
         return None
     try:
         obj: Any = importlib.import_module(module)
@@ -523,8 +577,12 @@ def _device(name: Any) -> str:
 
 def _exception(node: dict) -> BaseException:
     names, message, tb = node.get("types"), node.get("msg"), node.get("tb", "")
-    if not (isinstance(names, list) and all(isinstance(n, str) for n in names) and isinstance(message, str)
-            and isinstance(tb, str)):
+    if not (
+        isinstance(names, list)
+        and all(isinstance(n, str) for n in names)
+        and isinstance(message, str)
+        and isinstance(tb, str)
+    ):
         raise CodecError("a malformed exception node")
     cls = next((_EXCEPTIONS[n] for n in names if n in _EXCEPTIONS), Exception)
     try:

@@ -11,6 +11,7 @@ up every name it does not define in the student's process (:class:`GraderNamespa
 one JSON line per test cell (outputs, status, the checks measured in the student's process) to the
 result pipe: the score is computed from these records only.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -89,14 +90,18 @@ class GraderNamespace(dict):
         """
         from segutils.grading.remote.proxy import ref_of
 
-        own = {name: value for name, value in dict.items(self)
-               if isinstance(name, str) and not name.startswith("__") and ref_of(value) is None
-               and self._mirrorable(value)}
+        own = {
+            name: value
+            for name, value in dict.items(self)
+            if isinstance(name, str) and not name.startswith("__") and ref_of(value) is None and self._mirrorable(value)
+        }
         if not own or self.endpoint is None:
             return {}
         if self._student_names is None:
             names = self.endpoint.request("names")
-            self._student_names = frozenset(n for n in names if isinstance(n, str)) if isinstance(names, list) else frozenset()
+            self._student_names = (
+                frozenset(n for n in names if isinstance(n, str)) if isinstance(names, list) else frozenset()
+            )
         return {name: value for name, value in own.items() if name in self._student_names}
 
     def _mirrorable(self, value: Any) -> bool:
@@ -114,7 +119,6 @@ class GraderNamespace(dict):
         return isinstance(value, (bool, int, float, complex, str, bytes))
 
 
-
 def _shell(namespace: GraderNamespace) -> Any:
     from IPython.core.interactiveshell import InteractiveShell
 
@@ -122,8 +126,11 @@ def _shell(namespace: GraderNamespace) -> Any:
         last_error: dict | None = None
 
         def _showtraceback(self, etype, evalue, stb):  # noqa: ANN001 - IPython's signature
-            self.last_error = {"ename": getattr(etype, "__name__", str(etype)), "evalue": str(evalue),
-                               "traceback": list(stb)[-MAX_TRACEBACK_LINES:]}
+            self.last_error = {
+                "ename": getattr(etype, "__name__", str(etype)),
+                "evalue": str(evalue),
+                "traceback": list(stb)[-MAX_TRACEBACK_LINES:],
+            }
 
     shell = GraderShell.instance(user_ns=namespace)
     shell.colors = "Linux"
@@ -182,7 +189,7 @@ class Grader:
             self.listener.settimeout(remaining)
             try:
                 sock, _ = self.listener.accept()
-            except (socket.timeout, OSError):
+            except (TimeoutError, OSError):
                 return "the student's process never reached this test"
             sock.setblocking(True)
             try:
@@ -244,18 +251,34 @@ class Grader:
             if text:
                 outputs.append({"output_type": "stream", "name": name, "text": self._cap(text)})
         for rich in captured.outputs[:100]:
-            outputs.append({"output_type": "display_data", "data": {k: self._cap(v) if isinstance(v, str) else v
-                                                                    for k, v in rich.data.items()},
-                            "metadata": rich.metadata or {}})
-        record = {"status": "ok", "ename": "", "evalue": "", "traceback": [], "outputs": outputs,
-                  "execution_count": result.execution_count, "seconds": round(time.monotonic() - started, 3),
-                  "measured": probes.take_measured(), "notes": []}
+            outputs.append(
+                {
+                    "output_type": "display_data",
+                    "data": {k: self._cap(v) if isinstance(v, str) else v for k, v in rich.data.items()},
+                    "metadata": rich.metadata or {},
+                }
+            )
+        record = {
+            "status": "ok",
+            "ename": "",
+            "evalue": "",
+            "traceback": [],
+            "outputs": outputs,
+            "execution_count": result.execution_count,
+            "seconds": round(time.monotonic() - started, 3),
+            "measured": probes.take_measured(),
+            "notes": [],
+        }
         if not result.success:
-            error = shell.last_error or {"ename": "Error", "evalue": str(result.error_in_exec or
-                                                                         result.error_before_exec), "traceback": []}
+            error = shell.last_error or {
+                "ename": "Error",
+                "evalue": str(result.error_in_exec or result.error_before_exec),
+                "traceback": [],
+            }
             status = "timeout" if error["ename"] == "CellTimeoutError" else "error"
-            record.update(status=status, ename=error["ename"], evalue=error["evalue"][:10_000],
-                          traceback=error["traceback"])
+            record.update(
+                status=status, ename=error["ename"], evalue=error["evalue"][:10_000], traceback=error["traceback"]
+            )
             outputs.append({"output_type": "error", **{k: record[k] for k in ("ename", "evalue", "traceback")}})
         return record
 
@@ -285,14 +308,27 @@ class Grader:
             if cell["kind"] != "graded":
                 record = self.run_cell(shell, source)
                 if record["status"] != "ok":
-                    notes.append(f"the grader's copy of locked cell {index} failed: {record['ename']}: "
-                                 f"{record['evalue'][:300]}")
+                    notes.append(
+                        f"the grader's copy of locked cell {index} failed: {record['ename']}: {record['evalue'][:300]}"
+                    )
                 continue
             problem = self.connect(index)
             if problem is not None:
-                self.emit({"type": "cell", "index": index, "status": "error", "ename": "StudentProcessError",
-                           "evalue": problem, "traceback": [], "outputs": [], "execution_count": None,
-                           "seconds": 0.0, "measured": [], "notes": []})
+                self.emit(
+                    {
+                        "type": "cell",
+                        "index": index,
+                        "status": "error",
+                        "ename": "StudentProcessError",
+                        "evalue": problem,
+                        "traceback": [],
+                        "outputs": [],
+                        "execution_count": None,
+                        "seconds": 0.0,
+                        "measured": [],
+                        "notes": [],
+                    }
+                )
                 continue
             try:
                 record = self.run_cell(shell, source)
@@ -304,7 +340,9 @@ class Grader:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m segutils.grading.execute --grader", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m segutils.grading.execute --grader", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("--grader", action="store_true")
     parser.add_argument("--input", required=True, help="directory holding spec.json")
     parser.add_argument("--listen-fd", type=int, required=True, help="the listening Unix socket")

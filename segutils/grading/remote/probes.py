@@ -15,6 +15,7 @@ Such a verdict comes from the student's process, which the student controls: eac
 :data:`MEASURED` and the grader marks the test's points as "measured in the student's process".
 Values, shapes, dtypes, gradients and trained-model quality are never judged there.
 """
+
 from __future__ import annotations
 
 import collections
@@ -23,9 +24,20 @@ import functools
 from typing import Any
 
 #: The checks that run in the student's process when their function is a proxy.
-CHECKS = ("count_ops", "assert_vectorized", "forbid_ops", "assert_no_delegation", "check_device_agnostic",
-          "no_host_sync", "check_no_builtin", "check_devices_and_dtypes", "run_on_fake_cuda",
-          "trace_feature_maps", "check_parameters_get_gradients", "check_returns_new_tensor")
+CHECKS = (
+    "count_ops",
+    "assert_vectorized",
+    "forbid_ops",
+    "assert_no_delegation",
+    "check_device_agnostic",
+    "no_host_sync",
+    "check_no_builtin",
+    "check_devices_and_dtypes",
+    "run_on_fake_cuda",
+    "trace_feature_maps",
+    "check_parameters_get_gradients",
+    "check_returns_new_tensor",
+)
 #: Checks that also have a context-manager form.
 CONTEXT_CHECKS = ("no_host_sync", "forbid_ops")
 
@@ -45,8 +57,9 @@ def take_measured() -> list[str]:
 def remote_call(endpoint: Any, target: Any, args: tuple, kwargs: dict) -> Any:
     """A proxied call inside active context-manager checks: run under them in the student's process."""
     MEASURED.extend(name for name, _ in ACTIVE)
-    return endpoint.request("probe", check="call", contexts=[[n, a] for n, a in ACTIVE],
-                            args=[target, *args], kwargs=kwargs)
+    return endpoint.request(
+        "probe", check="call", contexts=[[n, a] for n, a in ACTIVE], args=[target, *args], kwargs=kwargs
+    )
 
 
 def _is_ops_spec(value: Any) -> bool:
@@ -64,8 +77,9 @@ def _wrap(name: str, original: Any) -> Any:
             if name == "count_ops" and isinstance(answer, dict):
                 return collections.Counter(answer)
             return answer
-        context_form = (name == "no_host_sync" and not args) or (name == "forbid_ops" and len(args) == 1
-                                                                 and _is_ops_spec(args[0]))
+        context_form = (name == "no_host_sync" and not args) or (
+            name == "forbid_ops" and len(args) == 1 and _is_ops_spec(args[0])
+        )
         if context_form:
             return _RemoteContext(name, list(args), original(*args, **kwargs))
         return original(*args, **kwargs)
@@ -118,8 +132,12 @@ class ProbeRunner:
             raise PermissionError(f"unknown probe {check!r}")
         with contextlib.ExitStack() as stack:
             for entry in contexts:
-                if not (isinstance(entry, list) and len(entry) == 2 and entry[0] in CONTEXT_CHECKS
-                        and isinstance(entry[1], list)):
+                if not (
+                    isinstance(entry, list)
+                    and len(entry) == 2
+                    and entry[0] in CONTEXT_CHECKS
+                    and isinstance(entry[1], list)
+                ):
                     raise PermissionError(f"unknown probe context {entry!r}")
                 stack.enter_context(getattr(testing, entry[0])(*entry[1]))
             if check == "call":

@@ -8,6 +8,7 @@
 - :class:`GraderCallable` (student side): a callable the test passed to the student's code (a
   classifier, an input factory). It can only be called.
 """
+
 from __future__ import annotations
 
 import functools
@@ -16,13 +17,37 @@ from typing import Any
 from segutils.grading.remote.codec import RefInfo
 
 # Attributes Python, NumPy or PyTorch probe on any object: answered locally (as missing), never remotely.
-_LOCAL_MISSING = frozenset({
-    "__torch_function__", "__torch_dispatch__", "__array__", "__array_interface__", "__array_struct__",
-    "__array_priority__", "__length_hint__", "__fspath__", "__index__", "__float__", "__int__", "__complex__",
-    "__getstate__", "__reduce_ex__", "__reduce__", "_ipython_canary_method_should_not_exist_",
-    "_repr_html_", "_repr_markdown_", "_repr_svg_", "_repr_png_", "_repr_jpeg_", "_repr_latex_", "_repr_json_",
-    "_repr_javascript_", "_repr_pdf_", "_repr_mimebundle_", "_ipython_display_",
-})
+_LOCAL_MISSING = frozenset(
+    {
+        "__torch_function__",
+        "__torch_dispatch__",
+        "__array__",
+        "__array_interface__",
+        "__array_struct__",
+        "__array_priority__",
+        "__length_hint__",
+        "__fspath__",
+        "__index__",
+        "__float__",
+        "__int__",
+        "__complex__",
+        "__getstate__",
+        "__reduce_ex__",
+        "__reduce__",
+        "_ipython_canary_method_should_not_exist_",
+        "_repr_html_",
+        "_repr_markdown_",
+        "_repr_svg_",
+        "_repr_png_",
+        "_repr_jpeg_",
+        "_repr_latex_",
+        "_repr_json_",
+        "_repr_javascript_",
+        "_repr_pdf_",
+        "_repr_mimebundle_",
+        "_ipython_display_",
+    }
+)
 
 
 def ref_of(obj: Any) -> RefInfo | None:
@@ -140,9 +165,15 @@ class GraderCallable:
 
         arity = object.__getattribute__(self, "_ref").arity
         if arity is None:
-            return inspect.Signature([inspect.Parameter("args", inspect.Parameter.VAR_POSITIONAL),
-                                      inspect.Parameter("kwargs", inspect.Parameter.VAR_KEYWORD)])
-        return inspect.Signature([inspect.Parameter(f"arg{i}", inspect.Parameter.POSITIONAL_ONLY) for i in range(arity)])
+            return inspect.Signature(
+                [
+                    inspect.Parameter("args", inspect.Parameter.VAR_POSITIONAL),
+                    inspect.Parameter("kwargs", inspect.Parameter.VAR_KEYWORD),
+                ]
+            )
+        return inspect.Signature(
+            [inspect.Parameter(f"arg{i}", inspect.Parameter.POSITIONAL_ONLY) for i in range(arity)]
+        )
 
     def __getattr__(self, name: str) -> Any:
         ref = object.__getattribute__(self, "_ref")
@@ -151,10 +182,10 @@ class GraderCallable:
     def __setattr__(self, name: str, value: Any) -> None:
         raise AttributeError("this object belongs to the grader; it can only be called")
 
-    def __copy__(self) -> "GraderCallable":
+    def __copy__(self) -> GraderCallable:
         return self  # like a function: a copy of a module holding the grader's hook keeps that hook
 
-    def __deepcopy__(self, memo: dict) -> "GraderCallable":
+    def __deepcopy__(self, memo: dict) -> GraderCallable:
         return self
 
     def __repr__(self) -> str:

@@ -7,10 +7,12 @@ backward through a graph) and returns when the grader says the test cell is done
 runs in the student's process and is the student's to change: the grader trusts none of it, and
 decodes what it sends as data only.
 """
+
 from __future__ import annotations
 
 import re
 import socket
+
 from segutils.grading.remote.autograd import GraphStore
 from segutils.grading.remote.channel import Channel, Endpoint, Policy
 from segutils.grading.remote.proxy import student_side_proxy
@@ -25,8 +27,9 @@ _HISTORY = re.compile(r"^(_{1,3}|_i{1,3}|_i\d+|_\d+|_ih|_oh|_dh)$")
 
 def student_namespace(namespace: dict) -> dict:
     """The names the student's cells bound (IPython's history and helpers left out)."""
-    return {k: v for k, v in namespace.items()
-            if isinstance(k, str) and k not in _IPYTHON_NAMES and not _HISTORY.match(k)}
+    return {
+        k: v for k, v in namespace.items() if isinstance(k, str) and k not in _IPYTHON_NAMES and not _HISTORY.match(k)
+    }
 
 
 _ENDPOINT: Endpoint | None = None
@@ -48,8 +51,13 @@ def serve_session(sock: socket.socket, namespace: dict, hello: int | None = None
         channel.send(encode({"k": "hello", "cell": int(hello)}))
     if _ENDPOINT is None:
         graphs, probes = GraphStore(), ProbeRunner()
-        _ENDPOINT = Endpoint(channel, "s", Policy.student(lambda: student_namespace(namespace)), student_side_proxy,
-                             handlers={**graphs.handlers(), **probes.handlers()})
+        _ENDPOINT = Endpoint(
+            channel,
+            "s",
+            Policy.student(lambda: student_namespace(namespace)),
+            student_side_proxy,
+            handlers={**graphs.handlers(), **probes.handlers()},
+        )
     endpoint = _ENDPOINT
     endpoint.channel, endpoint.closed = channel, False
     endpoint.policy = Policy.student(lambda: student_namespace(namespace))
