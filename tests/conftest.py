@@ -16,6 +16,32 @@ ROOT = Path(__file__).resolve().parents[1]
 BOOK_GROUP = "book"
 
 
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """On an xdist worker under ``--dist loadgroup``: put each ``xdist_group`` into its test's node id.
+
+    The loadgroup scheduler reads a test's group from a ``@group`` suffix of its node id, which xdist's
+    worker writes into ``item._nodeid``. pytest 9.2 keeps node ids in ``item._id`` instead, so the suffix
+    was lost and every group was split across workers (pytest-dev/pytest-xdist#1386): the book built on
+    both workers, each assignment's nbgrader corpus graded twice. Where xdist's own suffix took effect,
+    this does nothing.
+    """
+    if not config.getoption("loadgroup", default=False):
+        return
+    for item in items:
+        names = {
+            str(m.args[0] if m.args else m.kwargs.get("name", "default")) for m in item.iter_markers("xdist_group")
+        }
+        suffix = "@" + "_".join(sorted(names))
+        if not names or item.nodeid.endswith(suffix):
+            continue
+        grouped = item.nodeid + suffix
+        if hasattr(item, "_id"):
+            item._id = type(item._id).parse(grouped)
+        else:
+            item._nodeid = grouped
+
+
 @dataclass(frozen=True)
 class BookBuild:
     """The outcome of ``make book``: its exit status, its output and where the HTML went."""
