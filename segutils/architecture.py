@@ -210,12 +210,13 @@ def seconds_per_call(fn: Callable[[], object], repeats: int = 3) -> float:
 
 
 def upsampling_disagreement(coarse: Tensor, size: tuple[int, int], width: int) -> dict[str, dict[str, float]]:
-    """How far ``"nearest"`` and ``"bilinear probabilities"`` (:func:`upsampling_variants`) stray from the model's own path.
+    """How far the ``"nearest"`` and ``"bilinear probabilities"`` upsamplings stray from the model's own path.
 
-    Returns, for each of the two, ``"share"``: the fraction of all pixels whose class differs from the model's
-    own prediction, and ``"in_band"``: the fraction of those differing pixels that lie in the model's own
-    prediction's :func:`segutils.metrics.boundary_band` of ``width`` pixels (within ``width`` pixels of another
-    class; NaN when none differ); plus ``"band"``: ``{"share": }`` the fraction of the image that band covers.
+    The two are those of :func:`upsampling_variants`. Returns, for each of the two, ``"share"``: the
+    fraction of all pixels whose class differs from the model's own prediction, and ``"in_band"``: the
+    fraction of those differing pixels that lie in the model's own prediction's
+    :func:`segutils.metrics.boundary_band` of ``width`` pixels (within ``width`` pixels of another class;
+    NaN when none differ); plus ``"band"``: ``{"share": }`` the fraction of the image that band covers.
     """
     variants = upsampling_variants(coarse, size)
     own = variants["model's own"]
@@ -232,7 +233,7 @@ def upsampling_disagreement(coarse: Tensor, size: tuple[int, int], width: int) -
 
 
 def busiest_box(changed: Tensor, side: int) -> tuple[int, int, int, int]:
-    """The ``side x side`` window ``(top, left, side, side)`` of a bool map ``(H, W)`` holding the most ``True`` pixels."""
+    """The ``side x side`` window ``(top, left, side, side)`` of a bool map ``(H, W)`` with the most ``True`` pixels."""
     height, width = changed.shape
     side = min(side, height, width)
     counts = F.avg_pool2d(changed[None, None].float(), side, stride=max(1, side // 8))[0, 0]

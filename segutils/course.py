@@ -13,8 +13,9 @@ that shows them is generated from it:
   :class:`segutils.grading.course_identity.FillCourseIdentity` that ``nbgrader_config.py`` puts first.
 
 :func:`apply_paths` (``segutils course apply PATH...``) turns hard-coded copies of the addresses that
-``course.toml`` holds (run it before changing them) in notebooks and Markdown into those tokens. It is idempotent, changes only the ``source`` of the cells that
-hold a copy, and writes a notebook the way Jupyter and nbformat do (one-space indent, sorted keys).
+``course.toml`` holds (run it before changing them) in notebooks and Markdown into those tokens. It is
+idempotent, changes only the ``source`` of the cells that hold a copy, and writes a notebook the way
+Jupyter and nbformat do (one-space indent, sorted keys).
 """
 
 from __future__ import annotations

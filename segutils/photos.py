@@ -99,7 +99,10 @@ def read_image(path: str | Path) -> Tensor:
 
 
 def load_photo(name: str) -> Tensor:
-    """The photograph ``name`` of :data:`PHOTOS` as float ``(3, H, W)`` in ``[0, 1]``, read from scikit-image's files."""
+    """The photograph ``name`` of :data:`PHOTOS` as float ``(3, H, W)`` in ``[0, 1]``.
+
+    It is read from scikit-image's own files (bundled in its wheel: nothing is downloaded).
+    """
     import skimage.data
 
     if name not in PHOTOS:

@@ -116,7 +116,7 @@ def checkpoint_path(name: str) -> Path:
 
 
 def available(name: str) -> bool:
-    """Whether ``name``'s weights file is in the cache (not whether it is valid: :func:`load_pretrained` checks that)."""
+    """Whether ``name``'s weights file is cached (not whether it is valid: :func:`load_pretrained` checks that)."""
     return checkpoint_path(name).is_file()
 
 

@@ -6,7 +6,7 @@ import contextlib
 import math
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable  # noqa: UP035  (the model cache is keyed on this module's AST)
 
 import torch
 from torch import nn

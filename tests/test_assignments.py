@@ -89,7 +89,8 @@ def test_source_cells_are_well_formed(aid):
         # The points a cell's comment announces to students are the points nbgrader gives.
         announced = re.match(r"# \[(\d+(?:\.\d+)?) points?\]", cell.source)
         assert announced and float(announced.group(1)) == meta["points"], (
-            f"test cell {gid} is worth {meta['points']} points: start it with '# [{meta['points']} points] <what it checks>'"
+            f"test cell {gid} is worth {meta['points']} points: "
+            f"start it with '# [{meta['points']} points] <what it checks>'"
         )
     for gid, cell in h.solution_cells(nb).items():
         assert h.BEGIN_SOLUTION in cell.source, f"solution cell {gid} has no BEGIN SOLUTION region"

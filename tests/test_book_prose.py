@@ -94,7 +94,8 @@ def test_chapter_prose_types_no_number(path: Path):
         for number in prose_numbers(cell.source)
     ]
     report = "\n".join(
-        f"cell {i}: {number!r} in: {next(l for l in src.splitlines() if number in l)[:110]}" for i, number, src in found
+        f"cell {i}: {number!r} in: {next(line for line in src.splitlines() if number in line)[:110]}"
+        for i, number, src in found
     )
     assert not found, f"{path.name}: numbers typed into the prose (glue them or cite them in the data table):\n{report}"
 

@@ -357,7 +357,8 @@ def test_no_sandbox_grades_the_same_and_the_report_says_so(tmp_path):
 
 GPU_TEST = """# [1 point] double keeps a tensor on its GPU (skipped without CUDA, like the course's own GPU tests)
 if torch.cuda.is_available():
-    assert torch.cuda.device_count() == 1, f"the grader should show one GPU per notebook, got {torch.cuda.device_count()}"
+    visible = torch.cuda.device_count()
+    assert visible == 1, f"the grader should show one GPU per notebook, got {visible}"
     out = double(torch.arange(3.0, device="cuda"))
     assert out.device.type == "cuda", f"double of a CUDA tensor should stay on CUDA, got a tensor on {out.device}"
     testing.assert_close(out.cpu(), torch.tensor([0.0, 2.0, 4.0]), msg="double(arange(3)) on CUDA")

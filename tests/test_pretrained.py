@@ -47,7 +47,7 @@ def write_weights(torch_home: Path, names=pretrained.PRETRAINED_NAMES) -> None:
 
 
 def write_tiny_voc(root: Path, count: int = 3, size: tuple[int, int] = (40, 32)) -> Path:
-    """A PASCAL VOC 2012 devkit layout with ``count`` random images and palette label PNGs (person/cat boxes, void rows)."""
+    """A PASCAL VOC 2012 devkit layout: ``count`` random images and palette label PNGs (person/cat boxes, void rows)."""
     base = root / "VOCdevkit" / "VOC2012"
     for sub in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
         (base / sub).mkdir(parents=True, exist_ok=True)

@@ -12,9 +12,17 @@ from pathlib import Path
 import nbformat
 import pytest
 from conftest import ROOT
-from test_pretrained import weights_home, write_tiny_voc  # noqa: F401  (weights_home is a fixture)
+from test_pretrained import write_tiny_voc, write_weights
 
 CHAPTER = ROOT / "book" / "09_real_photographs.ipynb"
+
+
+@pytest.fixture(scope="module")
+def weights_home(tmp_path_factory) -> Path:
+    """A ``$TORCH_HOME`` holding random weights of every pretrained architecture (as in tests/test_pretrained.py)."""
+    home = tmp_path_factory.mktemp("torch_home")
+    write_weights(home)
+    return home
 
 
 def execute_chapter(monkeypatch, torch_home: Path, voc_root: Path | None = None) -> nbformat.NotebookNode:

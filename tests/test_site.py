@@ -177,8 +177,8 @@ def page_problems(page, site: str, path: str) -> list[str]:
     problems += [f"formula not typeset by MathJax: {t!r}" for t in untypeset]
 
     images = page.evaluate(
-        "() => [...document.images].map(i => ({src: i.currentSrc.slice(0, 80), loaded: i.complete && i.naturalWidth > 0,"
-        " alt: (i.getAttribute('alt') || '').trim()}))"
+        "() => [...document.images].map(i => ({src: i.currentSrc.slice(0, 80),"
+        " loaded: i.complete && i.naturalWidth > 0, alt: (i.getAttribute('alt') || '').trim()}))"
     )
     problems += [f"image not loaded: {i['src']}" for i in images if not i["loaded"]]
     problems += [f"image without alt text: {i['src']}" for i in images if not i["alt"]]

@@ -491,7 +491,7 @@ CONVOLUTION_BUILTINS = {
 }
 INTERPOLATION_BUILTINS = {
     **{
-        f"F.interpolate {mode}": (lambda mode: lambda x: F.interpolate(x, scale_factor=2, mode=mode))(mode)
+        f"F.interpolate {mode}": lambda x, mode=mode: F.interpolate(x, scale_factor=2, mode=mode)
         for mode in ("nearest", "nearest-exact", "bilinear", "bicubic")
     },
     "F.interpolate bilinear size align_corners": lambda x: F.interpolate(
@@ -881,8 +881,8 @@ def test_assert_no_delegation_watches_the_calls():
     with pytest.raises(
         AssertionError,
         match=re.escape(
-            "segment_hidden_lookup should do the work itself, but it called segutils.models.patch.sliding_window_logits "
-            "(in segment_hidden_lookup, line"
+            "segment_hidden_lookup should do the work itself, "
+            "but it called segutils.models.patch.sliding_window_logits (in segment_hidden_lookup, line"
         ),
     ):
         testing.assert_no_delegation(segment_hidden_lookup, CLASSIFIER, IMAGES)

@@ -73,7 +73,8 @@ def test_warm_models_finds_literal_calls_configs_and_seed_loops():
         "for seed in (0, 1):\n"
         "    runs = [trained_model('fcn', TrainingConfig(seed=seed, epochs=6), skips=k) for k in [0, 2]]\n"
         "u = trained_model('unet', config=TrainingConfig(seed=3))\n"
-        "skipped = [trained_model('fcn', config), trained_model('fcn', TrainingConfig(seed=s)), trained_model('fcn', **kw)]\n"
+        "skipped = [trained_model('fcn', config), trained_model('fcn', TrainingConfig(seed=s)),\n"
+        "           trained_model('fcn', **kw)]\n"
     )
     calls = warm.literal_calls(source)
     expected = (

@@ -2,8 +2,8 @@
 
 What runs (sized to finish in well under 8 minutes on one GPU):
 
-1. ``pytest -k "(cuda or gpu) and not gpu_check"`` over ``tests/``: every CUDA-only test (they skip elsewhere), among them
-   the reference solution of each assignment graded through nbgrader with CUDA visible, so that the hidden
+1. ``pytest -k "(cuda or gpu) and not gpu_check"`` over ``tests/``: every CUDA-only test (they skip elsewhere),
+   among them the reference solution of each assignment graded through nbgrader with CUDA visible, so that the hidden
    tests' float16/bfloat16 and no-host-sync cases run (``test_reference_scores_full_marks_on_cuda``), the
    grading batch with one GPU per worker (``tests/test_grading_batch.py``) and ``segutils.train.fit`` with
    mixed precision (``tests/test_train.py``). On a GPU machine a test skipped for want of CUDA is a failure.

@@ -11,9 +11,10 @@ call in a code cell of the chapters whose arguments are all literals (``progress
 The training configuration may be given as ``TrainingConfig(<keyword>=<literal>, ...)``, and
 a name bound by an enclosing ``for`` loop or comprehension over a literal tuple or list (for
 example ``for seed in (0, 1, 2)``) counts as each of its values, so that the runs of a
-seed study are found too; so does a name assigned once, ``study = TrainingConfig(...)``, in the cell or an earlier one
-(evaluated with the loop values of the call that uses it). Calls with other computed arguments are left to their cells. A
-model already cached costs nothing, so a warm build spends well under a second here.
+seed study are found too; so does a name assigned once, ``study = TrainingConfig(...)``, in
+the cell or an earlier one (evaluated with the loop values of the call that uses it). Calls
+with other computed arguments are left to their cells. A model already cached costs nothing,
+so a warm build spends well under a second here.
 
 Usage: ``python book/_ext/warm_models.py book/*.ipynb``
 """

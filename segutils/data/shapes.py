@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import zlib
-from typing import Callable
+from typing import Callable  # noqa: UP035  (the model cache is keyed on this module's AST)
 
 import numpy as np
 import torch

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
+from typing import Callable  # noqa: UP035  (the model cache is keyed on this module's AST)
 
 import numpy as np
 import torch

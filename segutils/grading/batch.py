@@ -148,8 +148,9 @@ def _ensure_assignment(course: Path, cfg: Any, db_url: str, assignment: str, lay
 
 
 def _note_meta(options: BatchOptions, gpus: list, cuda_seen: bool) -> list[str]:
+    sandbox = "bubblewrap" if options.sandbox else "OFF (--no-sandbox): student code ran with the grader rights"
     notes = [
-        f"sandbox: {'bubblewrap' if options.sandbox else 'OFF (--no-sandbox): student code ran with the grader rights'}",
+        f"sandbox: {sandbox}",
         "tests: in a grader process of their own (two-process grading)"
         if options.two_process
         else "tests: in the student's kernel, watched by the guard (in-process grading)",

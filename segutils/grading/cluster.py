@@ -1,11 +1,12 @@
 """Grading jobs on a Dask distributed cluster (``segutils grade --scheduler tcp://host:8786``).
 
-Each student is one Dask task, :func:`grade_on_worker`, which runs the same grading job as the
-local pool (in a fresh interpreter: a Dask worker keeps no job server) on whichever worker Dask picks; with ``--gpus`` the tasks ask for one unit of the
-``GPU`` resource, so start GPU workers as ``dask worker tcp://host:8786 --resources GPU=1``
-with ``CUDA_VISIBLE_DEVICES`` naming their GPU. Jobs carry the submission's bytes and return the
-autograded and feedback files, so workers need no shared file system, only the gradebook: with
-workers on other machines that must be a database server (PostgreSQL), never a SQLite file.
+Each student is one Dask task, :func:`grade_on_worker`, which runs the same grading job as the local
+pool (in a fresh interpreter: a Dask worker keeps no job server) on whichever worker Dask picks;
+with ``--gpus`` the tasks ask for one unit of the ``GPU`` resource, so start GPU workers as
+``dask worker tcp://host:8786 --resources GPU=1`` with ``CUDA_VISIBLE_DEVICES`` naming their GPU.
+Jobs carry the submission's bytes and return the autograded and feedback files, so workers need no shared
+file system, only the gradebook: with workers on other machines that must be a database server
+(PostgreSQL), never a SQLite file.
 """
 
 from __future__ import annotations

@@ -400,7 +400,7 @@ class Executor:
         self.emit({"type": "start", "cuda_devices": self.cuda_devices})
         code_cells = sorted(self.plan)
         alive = True
-        for position, index in enumerate(code_cells):
+        for index in code_cells:
             record = _Record(index)
             if not alive:
                 record.notes.append(f"not run: the kernel died {self.max_deaths + 1} times")

@@ -197,9 +197,10 @@ def write_report(path: Path, assignment: str, results: Iterable[dict], meta: dic
     )
     measured_section = (
         (
-            f"<h2>Points {_e(MEASURED_IN_STUDENT)}</h2><p>These test cells ran checks in the student's process, the only "
-            "one that sees the operators the student's code dispatches: the student's code could influence what "
-            "they measured. Values, shapes, gradients and model quality were judged in the grader.</p>"
+            f"<h2>Points {_e(MEASURED_IN_STUDENT)}</h2>"
+            "<p>These test cells ran checks in the student's process, the only one that sees the operators the "
+            "student's code dispatches: the student's code could influence what they measured. Values, shapes, "
+            "gradients and model quality were judged in the grader.</p>"
             f"<table><tr><th>test cell</th><th>checks</th></tr>{measured}</table>"
         )
         if measured

@@ -179,7 +179,8 @@ def convolutionalize(patch_classifier: PatchClassifier) -> ConvPatchClassifier:
 
     A :class:`PatchCNN` becomes copies of its own layers, the first convolution zero-padding
     the image by ``p // 2``: the others are unpadded, so they compute every window's features
-    once over the padded image. For a :class:`PatchClassifier` (an MLP), the first ``Linear(C*p*p, h)`` becomes ``Conv2d(C, h, p, padding=p // 2)`` whose kernel is
+    once over the padded image. For a :class:`PatchClassifier` (an MLP), the first
+    ``Linear(C*p*p, h)`` becomes ``Conv2d(C, h, p, padding=p // 2)`` whose kernel is
     the Linear weight reshaped to ``(h, C, p, p)`` (``Flatten`` orders a patch as
     ``(C, p, p)``, as ``F.unfold`` does); each later ``Linear(a, b)`` becomes a ``1 x 1``
     ``Conv2d(a, b)``. Elementwise layers (ReLU, ...) are copied. The weights are copied, on

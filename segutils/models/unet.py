@@ -1,6 +1,6 @@
 """U-Net (Ronneberger, Fischer, Brox, 2015), small and with size-preserving convolutions."""
 
-from __future__ import annotations
+from __future__ import annotations  # noqa: I001  (the model cache is keyed on this module's AST)
 
 import torch
 from torch import Tensor, nn

@@ -61,9 +61,10 @@ The code is split into one module per tool: ``values`` (``assert_close``), ``env
 ``assert_vectorized``), ``forbidden`` (``forbid_ops`` and the operator sets), ``delegation``
 (``assert_no_delegation``), ``device_agnostic`` (``check_device_agnostic``) and ``host_sync``
 (``no_host_sync``), ``fake_cuda`` (``run_on_fake_cuda``), ``feature_maps`` (``trace_feature_maps``,
-``check_parameters_get_gradients``), ``aliasing`` (``check_returns_new_tensor``), ``variants`` (``check_values``,
-``Case``, ``layout_variants``), ``gradients`` (``check_gradients``), ``device_dtype``
-(``check_devices_and_dtypes``) and ``validation`` (``check_raises``). Import every name from ``segutils.testing`` itself.
+``check_parameters_get_gradients``), ``aliasing`` (``check_returns_new_tensor``), ``variants``
+(``check_values``, ``Case``, ``layout_variants``), ``gradients`` (``check_gradients``), ``device_dtype``
+(``check_devices_and_dtypes``) and ``validation`` (``check_raises``). Import every name from
+``segutils.testing`` itself.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, Union
+from typing import Any
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -20,7 +20,7 @@ __all__ = [
     "forbid_ops",
 ]
 
-OpsSpec = Union[str, torch._ops.OpOverloadPacket, torch._ops.OpOverload, Iterable[Any]]
+OpsSpec = str | torch._ops.OpOverloadPacket | torch._ops.OpOverload | Iterable[Any]
 
 # Entries are matched as prefixes of the overload name ("aten.convolution" also catches
 # aten.convolution_backward and aten.convolution_overrideable): see forbid_ops.

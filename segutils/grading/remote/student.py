@@ -21,7 +21,8 @@ from segutils.grading.remote.proxy import student_side_proxy
 _IPYTHON_NAMES = frozenset({"In", "Out", "get_ipython", "exit", "quit", "open"})
 
 
-#: IPython's history names: ``_``, ``__``, ``___``, ``_i``, ``_ii``, ``_iii``, ``_i3``, ``_3``, ``_ih``, ``_oh``, ``_dh``.
+#: IPython's history names: ``_``, ``__``, ``___``, ``_i``, ``_ii``, ``_iii``, ``_i3``, ``_3``, ``_ih``, ``_oh``,
+#: ``_dh``.
 _HISTORY = re.compile(r"^(_{1,3}|_i{1,3}|_i\d+|_\d+|_ih|_oh|_dh)$")
 
 
