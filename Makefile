@@ -54,7 +54,11 @@ book: $(STAMP) system-packages node_modules/.package-lock.json
 	$(BIN)/python book/_ext/warm_models.py book/*.ipynb
 	$(BOOK_BUILD)
 
+# Format and lint check first (ruff, settings in pyproject.toml): seconds, so a style slip fails before the
+# long suite starts. `ruff format .` and `ruff check --fix .` repair most of what they report.
 test: $(STAMP) system-packages
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadgroup
 
 # One release per solutions/<id>/<id>.ipynb. nbgrader's output is byte-stable (no timestamps, cell ids
