@@ -5,6 +5,8 @@ the plumbing:
 
 - :func:`seconds`: median wall time of a call, with ``torch.utils.benchmark.Timer``;
 - :func:`flops`: floating-point operations of a call, as ``FlopCounterMode`` counts them;
+- :func:`module_flops`: the same, by submodule of a model;
+- :func:`output_shapes`: the output shape of every submodule of a model, recorded by forward hooks;
 - :func:`training_cost`: activation bytes saved for backward and FLOPs of one training step;
 - :class:`PeakTensorMemory` and :func:`peak_forward_bytes`: peak bytes of tensors alive during a forward pass;
 - :func:`connected_components`: 8-connected regions of boolean masks;
@@ -31,6 +33,8 @@ from torch.utils.flop_counter import FlopCounterMode
 __all__ = [
     "seconds",
     "flops",
+    "module_flops",
+    "output_shapes",
     "training_cost",
     "PeakTensorMemory",
     "peak_forward_bytes",
@@ -70,6 +74,52 @@ def flops(fn: Callable[[], Any]) -> int:
     with FlopCounterMode(display=False) as counter:
         fn()
     return counter.get_total_flops()
+
+
+def module_flops(model: nn.Module, x: torch.Tensor) -> dict[str, int]:
+    """FLOPs of ``model(x)`` by submodule, as ``FlopCounterMode`` counts them (2 per multiply-add).
+
+    x: the model's input, e.g. (N, C, H, W); a ``meta`` tensor with a model on ``meta`` counts without
+    computing. Keys are the names of ``model.named_modules()`` (``"stages.0"``, ``"stages.0.1"``...); a
+    module's count includes its children's and every call of it; ``""`` holds the total. Submodules that
+    do no counted work are left out.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"module_flops() needs an nn.Module, got {type(model).__name__}")
+    with FlopCounterMode(display=False) as counter:
+        model(x)
+    prefix = type(model).__name__ + "."
+    by_module = {
+        name[len(prefix) :]: sum(ops.values())
+        for name, ops in counter.get_flop_counts().items()
+        if name.startswith(prefix)
+    }
+    return by_module | {"": counter.get_total_flops()}
+
+
+def output_shapes(model: nn.Module, x: torch.Tensor) -> dict[str, tuple[int, ...]]:
+    """Shape of every submodule's output without the batch axis, e.g. (C, H, W), on its last call in ``model(x)``.
+
+    x: the model's input (N, ...); keys are the names of ``model.named_modules()``, the model itself left out.
+    Recorded by forward hooks, which are removed again, also when ``model(x)`` raises.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"output_shapes() needs an nn.Module, got {type(model).__name__}")
+    shapes: dict[str, tuple[int, ...]] = {}
+
+    def recorder(name: str):
+        def hook(module: nn.Module, inputs: Any, output: torch.Tensor) -> None:
+            shapes[name] = tuple(output.shape[1:])
+
+        return hook
+
+    hooks = [module.register_forward_hook(recorder(name)) for name, module in model.named_modules() if name]
+    try:
+        model(x)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return shapes
 
 
 def training_cost(model: nn.Module, images: torch.Tensor, masks: torch.Tensor) -> tuple[int, int]:

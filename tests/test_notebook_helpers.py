@@ -18,6 +18,8 @@ from segutils.notebook import (
     connected_components,
     flops,
     html_table,
+    module_flops,
+    output_shapes,
     peak_forward_bytes,
     png_base64,
     seconds,
@@ -43,6 +45,44 @@ def test_flops_counts_two_per_multiply_add_of_a_convolution():
     x = torch.rand(2, 3, 8, 10)
     assert flops(lambda: conv(x)) == 2 * (2 * 8 * 10) * 5 * (3 * 3 * 3)  # outputs x taps per output
     assert flops(lambda: x + 1) == 0  # elementwise work is not counted
+
+
+def test_module_flops_splits_the_total_by_submodule():
+    # Two convolutions, the second inside a nested block, counted by hand: outputs x taps x 2.
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Sequential(nn.Conv2d(4, 6, 1), nn.ReLU()))
+    x = torch.rand(2, 3, 5, 7)
+    first, second = 2 * (2 * 5 * 7) * 4 * (3 * 3 * 3), 2 * (2 * 5 * 7) * 6 * 4
+    counts = module_flops(model, x)
+    assert counts == {"0": first, "2": second, "2.0": second, "": first + second}
+    on_meta = module_flops(model.to("meta"), x.to("meta"))
+    assert on_meta == counts
+    with pytest.raises(TypeError, match="nn.Module"):
+        module_flops(lambda t: t, x)
+
+
+def test_module_flops_counts_every_call_of_a_shared_module():
+    class Twice(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(2, 2, 1, bias=False)
+
+        def forward(self, x):
+            return self.conv(self.conv(x))
+
+    x = torch.rand(1, 2, 3, 3)
+    once = 2 * 9 * 2 * 2
+    assert module_flops(Twice(), x) == {"conv": 2 * once, "": 2 * once}
+
+
+def test_output_shapes_follow_the_layers_and_remove_their_hooks():
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.MaxPool2d(2), nn.Sequential(nn.Conv2d(8, 5, 1)))
+    shapes = output_shapes(model, torch.rand(2, 3, 11, 13))
+    # By the output-size formula: 11 - 3 + 1 = 9 rows, 13 - 3 + 1 = 11 columns; pooling floors the halves.
+    assert shapes == {"0": (8, 9, 11), "1": (8, 4, 5), "2": (5, 4, 5), "2.0": (5, 4, 5)}
+    assert all(not m._forward_hooks for m in model.modules())
+    with pytest.raises(RuntimeError):
+        output_shapes(model, torch.rand(2, 4, 11, 13))  # wrong channels: the hooks go all the same
+    assert all(not m._forward_hooks for m in model.modules())
 
 
 def test_training_cost_counts_the_tensors_autograd_keeps():
