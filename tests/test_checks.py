@@ -125,6 +125,40 @@ def test_check_gradients_fails_wrong_gradients():
         testing.check_gradients(_WrongBackward.apply, torch.randn(3))
 
 
+class _OneEntryOff(torch.autograd.Function):
+    """y = 2 x, whose backward is right except for one entry of the input gradient, off by 0.01."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return 2 * x
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad = 2 * grad
+        grad.view(-1)[5] += 0.01
+        return grad
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_check_gradients_fails_a_gradient_wrong_in_one_entry_whatever_the_seed(seed):
+    """Fast mode compares one random projection of the Jacobian: a small error in one entry of 96 still fails."""
+    torch.manual_seed(seed)
+    testing.check_gradients(lambda x: 2 * x, torch.randn(2, 3, 4, 4))  # the control: the right gradient passes
+    with pytest.raises(AssertionError, match="wrong gradients"):
+        testing.check_gradients(_OneEntryOff.apply, torch.randn(2, 3, 4, 4))
+
+
+def test_check_gradients_calls_the_function_a_few_times_not_once_per_element():
+    calls = []
+
+    def counted(x):
+        calls.append(1)
+        return F.unfold(x, 3, padding=1)
+
+    testing.check_gradients(counted, torch.randn(1, 2, 8, 8))  # 128 input and 1,152 output elements
+    assert 0 < len(calls) <= 10, f"fn ran {len(calls)} times"
+
+
 def test_check_gradients_fails_an_output_outside_the_autograd_graph():
     with pytest.raises(AssertionError, match="does not require grad"):
         testing.check_gradients(lambda x: torch.tensor(x.tolist(), dtype=x.dtype) * 2, torch.randn(3))

@@ -29,11 +29,16 @@ def check_gradients(
     The floating-point tensors among ``args`` (or those at the positions ``wrt``) are copied as
     float64 leaves that require grad; other arguments (ints, index tensors) are passed as given.
     First the output must require grad (the computation stayed in the autograd graph), then
-    :func:`torch.autograd.gradcheck` compares the analytical gradients with numerical ones.
+    :func:`torch.autograd.gradcheck` compares the analytical gradients with numerical ones, in its
+    fast mode: it compares ``v^T J u`` for random vectors ``u`` and ``v`` instead of every entry of the
+    Jacobian ``J``, so ``fn`` runs a few times instead of twice per input element and once per output
+    element. A wrong gradient changes that product unless ``u`` and ``v`` happen to be orthogonal to the
+    error, which random vectors almost never are; it matters where every call is a round trip to
+    another process (two-process grading).
 
     Args:
         fn: the function under test.
-        args, kwargs: its arguments; keep tensors small (gradcheck evaluates ``fn`` twice per element).
+        args, kwargs: its arguments.
         wrt: positions of the arguments to differentiate (default: every floating-point tensor).
         name: ``fn``'s name in messages.
         atol, rtol: gradcheck's tolerances.
@@ -78,7 +83,9 @@ def check_gradients(
         return fn(*full, **kwargs)
 
     try:
-        torch.autograd.gradcheck(differentiable, tuple(inputs[i] for i in positions), atol=atol, rtol=rtol)
+        torch.autograd.gradcheck(
+            differentiable, tuple(inputs[i] for i in positions), atol=atol, rtol=rtol, fast_mode=True
+        )
     except GradcheckError as error:
         first = str(error).strip().splitlines()[0]
         raise AssertionError(f"{call}: wrong gradients (compared with finite differences): {first}") from None
