@@ -9,12 +9,44 @@ plain ``nbgrader autograde`` (``tests/test_assignments.py``) still gives full ma
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
 import nbformat
 import nbgrader_harness as h
 import pytest
+
+
+def _grade_two_process(course, aid: str, export, workers: int) -> None:
+    """``segutils grade AID --two-process`` on the notebooks in ``export``; every grader process must have
+    come from the worker slot's warm grader (a fresh one is the fallback, tested in test_grading_warm.py)."""
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "segutils",
+            "grade",
+            aid,
+            "--course-dir",
+            str(course),
+            "--submissions",
+            str(export),
+            "--workers",
+            str(workers),
+            "--no-progress",
+            "--two-process",
+            *h.sandbox_args(),
+        ],
+        capture_output=True,
+        text=True,
+        env=h._environment({"CUDA_VISIBLE_DEVICES": ""}),
+        cwd=course,
+        timeout=1800,
+    )
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    states = [json.loads(p.read_text()) for p in (course / "reports" / aid / "state").glob("*.json")]
+    assert states and all(s["warm_grader"] for s in states), [(s["student"], s["warm_grader"]) for s in states]
 
 
 @pytest.mark.slow
@@ -28,30 +60,7 @@ def test_reference_scores_full_marks_with_two_processes(aid, tmp_path):
     export = tmp_path / "export"
     export.mkdir()
     nbformat.write(h.submission(release, source), export / f"{h.REFERENCE}.ipynb")
-    run = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "segutils",
-            "grade",
-            aid,
-            "--course-dir",
-            str(course),
-            "--submissions",
-            str(export),
-            "--workers",
-            "1",
-            "--no-progress",
-            "--two-process",
-            *h.sandbox_args(),
-        ],
-        capture_output=True,
-        text=True,
-        env=h._environment({"CUDA_VISIBLE_DEVICES": ""}),
-        cwd=course,
-        timeout=1800,
-    )
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    _grade_two_process(course, aid, export, workers=1)
     scores = h.read_scores(course, aid, h.REFERENCE)
     assert set(scores) == set(h.graded_test_cells(source)), "the gradebook does not hold every graded cell"
     nb = h.autograded_notebook(course, aid, h.REFERENCE)
@@ -84,30 +93,7 @@ def test_a_mistake_the_tests_replace_is_not_counted_twice_with_two_processes(tmp
         nbformat.write(
             h.submission(release, source, {fixture.replaces: fixture.source}), export / f"{fixture.name}.ipynb"
         )
-    run = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "segutils",
-            "grade",
-            aid,
-            "--course-dir",
-            str(course),
-            "--submissions",
-            str(export),
-            "--workers",
-            "2",
-            "--no-progress",
-            "--two-process",
-            *h.sandbox_args(),
-        ],
-        capture_output=True,
-        text=True,
-        env=h._environment({"CUDA_VISIBLE_DEVICES": ""}),
-        cwd=course,
-        timeout=1800,
-    )
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    _grade_two_process(course, aid, export, workers=2)
     for fixture in fixtures:
         lost = {gid for gid, s in h.read_scores(course, aid, fixture.name).items() if not s.full}
         cells = h.graded_test_cells(h.autograded_notebook(course, aid, fixture.name))

@@ -486,6 +486,10 @@ def main(argv: list[str] | None = None) -> int:
         from segutils.grading.remote.grader import main as grader_main
 
         return grader_main(argv)
+    if "--warm-grader" in argv:  # a worker slot's warm grader, which forks the grader processes
+        from segutils.grading.remote.warm import main as warm_main
+
+        return warm_main(argv)
     parser = argparse.ArgumentParser(prog="python -m segutils.grading.execute", description=__doc__.split("\n")[0])
     parser.add_argument("--input", required=True, help="directory holding spec.json and files/")
     parser.add_argument("--work", required=True, help="writable directory to run the notebook in")

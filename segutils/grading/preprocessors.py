@@ -44,6 +44,7 @@ from nbgrader.preprocessors import Execute, NbGraderPreprocessor
 from traitlets import Bool, Dict, Float, Integer, List, Unicode
 
 from segutils.grading import sandbox
+from segutils.grading.remote import warm
 from segutils.grading.runner import TWO_PROCESS_DEFAULT
 
 #: Details of the notebooks graded in this process, by notebook id (filled by the preprocessors).
@@ -62,13 +63,6 @@ def details(resources: dict) -> dict:
 def _nbgrader_meta(cell: NotebookNode) -> dict:
     meta = cell.get("metadata", {}).get("nbgrader")
     return meta if isinstance(meta, dict) else {}
-
-
-def _move_home(env: dict[str, str], home: Path) -> None:
-    """Point the sandbox environment's home folders (``HOME`` and the tools' folders under it) at ``home``,
-    for a run without the sandbox, whose ``/tmp/home`` does not exist."""
-    for key in ("HOME", "MPLCONFIGDIR", "IPYTHONDIR", "JUPYTER_RUNTIME_DIR"):
-        env[key] = str(home / Path(env[key]).relative_to(f"{sandbox.SANDBOX_TMP}/home")) if key != "HOME" else str(home)
 
 
 class RestoreStructure(NbGraderPreprocessor):
@@ -359,6 +353,7 @@ class SandboxedExecute(Execute):
         if self.two_process:
             info["cuda_devices"] = int(getattr(self, "_cuda", 0))
             info["two_process"] = True
+            info["warm_grader"] = bool(getattr(self, "_warm", False))
         return nb, resources
 
     # -- running the executor ----------------------------------------------------------------
@@ -379,6 +374,35 @@ class SandboxedExecute(Execute):
         (input_dir / "spec.json").write_text(json.dumps(spec), encoding="utf-8")
         _readable(input_dir)
 
+    def _executor_command(self, args, staging, limits, env, gpu):
+        """The student's executor (``segutils.grading.execute``) on ``staging/input``, in the sandbox or not."""
+        return sandbox.execute_command(
+            self.python,
+            ["--input", sandbox.INPUT, "--work", f"{sandbox.SCRATCH}/work", *args],
+            sandboxed=self.sandbox,
+            input_dir=staging / "input",
+            scratch=staging,
+            limits=limits,
+            env=env,
+            gpu=gpu,
+        )
+
+    def _warm_grader(self, spec, listener, result_fd, staging, limits):
+        """The worker slot's warm grader takes this submission's tests (:mod:`segutils.grading.remote.warm`);
+        ``None``: there is none (or it did not answer), start a fresh grader process."""
+        path = warm.request(
+            {
+                "python": self.python,
+                "sandboxed": bool(self.sandbox),
+                "limits": limits.to_dict(),
+                "gpu": dict(self.gpu) if self.gpu else None,
+            }
+        )
+        if path is None:
+            return None
+        with open(staging / "grader.log", "wb") as log:
+            return warm.start(path, spec, listener.fileno(), result_fd, log.fileno())
+
     def _run(self, nb, plan, modules, limits, build_dir, name, staging):
         spec = {
             "notebook": name,
@@ -394,30 +418,7 @@ class SandboxedExecute(Execute):
         gpu = sandbox.GpuDevice(**self.gpu) if self.gpu else None
         env = sandbox.sandbox_env(limits, gpu, use_cuda=gpu is not None)
         read_fd, write_fd = os.pipe()
-        if self.sandbox:
-            inner = sandbox.bootstrap_command(
-                self.python,
-                "execute",
-                [
-                    "--input",
-                    sandbox.SANDBOX_INPUT,
-                    "--work",
-                    f"{sandbox.SANDBOX_TMP}/work",
-                    "--result-fd",
-                    str(write_fd),
-                    "--sandboxed",
-                ],
-            )
-            command = sandbox.sandbox_command(inner, input_dir=staging / "input", limits=limits, env=env, gpu=gpu)
-            popen_env = None
-        else:
-            _move_home(env, staging / "home")
-            command = sandbox.bootstrap_command(
-                self.python,
-                "execute",
-                ["--input", str(staging / "input"), "--work", str(staging / "work"), "--result-fd", str(write_fd)],
-            )
-            popen_env = env
+        command, popen_env = self._executor_command(["--result-fd", str(write_fd)], staging, limits, env, gpu)
         log_path = staging / "executor.log"
         records: dict[int, dict] = {}
         end: dict | None = None
@@ -503,11 +504,10 @@ class SandboxedExecute(Execute):
             "channel": channel,
         }
         self._stage(student_nb, student_spec, build_dir, name, staging / "input")
+        grader_spec = {"cells": grader_cells(nb, plan), "limits": limits.to_dict()}
         grader_input = staging / "grader"
         grader_input.mkdir()
-        (grader_input / "spec.json").write_text(
-            json.dumps({"cells": grader_cells(nb, plan), "limits": limits.to_dict()}), encoding="utf-8"
-        )
+        (grader_input / "spec.json").write_text(json.dumps(grader_spec), encoding="utf-8")
         _readable(grader_input)
 
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -518,77 +518,40 @@ class SandboxedExecute(Execute):
         env = sandbox.sandbox_env(limits, gpu, use_cuda=gpu is not None)
         grader_read, grader_write = os.pipe()
         student_read, student_write = os.pipe()
+        student_cmd, popen_env = self._executor_command(["--result-fd", str(student_write)], staging, limits, env, gpu)
         if self.sandbox:
-            student_inner = sandbox.bootstrap_command(
-                self.python,
-                "execute",
-                [
-                    "--input",
-                    sandbox.SANDBOX_INPUT,
-                    "--work",
-                    f"{sandbox.SANDBOX_TMP}/work",
-                    "--result-fd",
-                    str(student_write),
-                    "--sandboxed",
-                ],
-            )
-            student_cmd = sandbox.sandbox_command(
-                student_inner, input_dir=staging / "input", limits=limits, env=env, gpu=gpu
-            )
             at = student_cmd.index("--chdir")
             student_cmd[at:at] = ["--bind", str(channel_host), SANDBOX_CHANNEL]
-            grader_inner = sandbox.bootstrap_command(
-                self.python,
-                "execute",
-                [
-                    "--grader",
-                    "--input",
-                    sandbox.SANDBOX_INPUT,
-                    "--listen-fd",
-                    str(listener.fileno()),
-                    "--result-fd",
-                    str(grader_write),
-                    "--sandboxed",
-                ],
-            )
-            grader_cmd = sandbox.sandbox_command(grader_inner, input_dir=grader_input, limits=limits, env=env, gpu=gpu)
-            popen_env = None
-        else:
-            _move_home(env, staging / "home")
-            student_cmd = sandbox.bootstrap_command(
-                self.python,
-                "execute",
-                ["--input", str(staging / "input"), "--work", str(staging / "work"), "--result-fd", str(student_write)],
-            )
-            grader_cmd = sandbox.bootstrap_command(
-                self.python,
-                "execute",
-                [
-                    "--grader",
-                    "--input",
-                    str(grader_input),
-                    "--listen-fd",
-                    str(listener.fileno()),
-                    "--result-fd",
-                    str(grader_write),
-                ],
-            )
-            popen_env = env
-        cgroups = [sandbox.PidsCgroup(limits.processes) if self.sandbox else None for _ in range(2)]
         processes = []
-        with open(staging / "grader.log", "wb") as log:
-            processes.append(
-                subprocess.Popen(
-                    grader_cmd,
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=log,
-                    env=popen_env,
-                    pass_fds=(grader_write, listener.fileno()),
-                    start_new_session=True,
-                    preexec_fn=cgroups[0].enter if cgroups[0] and cgroups[0].path else None,
-                )
+        warm_child = self._warm_grader(grader_spec, listener, grader_write, staging, limits)
+        self._warm = warm_child is not None
+        grader_cgroup = sandbox.PidsCgroup(limits.processes) if self.sandbox and warm_child is None else None
+        student_cgroup = sandbox.PidsCgroup(limits.processes) if self.sandbox else None
+        cgroups = [grader_cgroup, student_cgroup]
+        if warm_child is None:
+            grader_cmd, grader_env = grader_command(
+                self.python,
+                ["--grader", "--input", sandbox.INPUT, "--listen-fd", str(listener.fileno())]
+                + ["--result-fd", str(grader_write)],
+                sandboxed=self.sandbox,
+                input_dir=grader_input,
+                scratch=staging,
+                limits=limits,
+                gpu=gpu,
             )
+            with open(staging / "grader.log", "wb") as log:
+                processes.append(
+                    subprocess.Popen(
+                        grader_cmd,
+                        stdin=subprocess.DEVNULL,
+                        stdout=log,
+                        stderr=log,
+                        env=grader_env,
+                        pass_fds=(grader_write, listener.fileno()),
+                        start_new_session=True,
+                        preexec_fn=grader_cgroup.enter if grader_cgroup and grader_cgroup.path else None,
+                    )
+                )
         os.close(grader_write)
         listener.close()
         with open(staging / "executor.log", "wb") as log:
@@ -601,7 +564,7 @@ class SandboxedExecute(Execute):
                     env=popen_env,
                     pass_fds=(student_write,),
                     start_new_session=True,
-                    preexec_fn=cgroups[1].enter if cgroups[1] and cgroups[1].path else None,
+                    preexec_fn=student_cgroup.enter if student_cgroup and student_cgroup.path else None,
                 )
             )
         os.close(student_write)
@@ -656,6 +619,8 @@ class SandboxedExecute(Execute):
             selector.close()
             for fd in streams:
                 os.close(fd)
+            if warm_child is not None:
+                warm_child.stop()
             for process in processes:
                 _kill_group(process)
             for cgroup in cgroups:
@@ -817,6 +782,25 @@ class SandboxedExecute(Execute):
                 ),
             )
         return outputs
+
+
+def grader_command(
+    python: str,
+    args: list[str],
+    *,
+    sandboxed: bool,
+    input_dir: Path,
+    scratch: Path,
+    limits: sandbox.Limits,
+    gpu: sandbox.GpuDevice | None,
+) -> tuple[list[str], dict[str, str] | None]:
+    """The command (and environment) of a grader process of two-process grading, fresh (``--grader``) or warm
+    (``--warm-grader``, see :mod:`segutils.grading.remote.warm`): the same sandbox as the student's, with
+    ``input_dir`` as its only folder of the grading machine."""
+    env = sandbox.sandbox_env(limits, gpu, use_cuda=gpu is not None)
+    return sandbox.execute_command(
+        python, args, sandboxed=sandboxed, input_dir=input_dir, scratch=scratch, limits=limits, env=env, gpu=gpu
+    )
 
 
 #: Where the grader's socket appears in the student's sandbox (two-process grading).

@@ -129,6 +129,8 @@ class GradingResult:
     cuda_devices: int
     digest: str
     autograded: dict[str, bytes] = field(default_factory=dict)
+    #: Two-process grading: the grader process was forked by the slot's warm grader (not started afresh).
+    warm_grader: bool = False
     feedback: dict[str, bytes] = field(default_factory=dict)
 
     def summary(self) -> dict:
@@ -551,8 +553,9 @@ def grade(job: GradingJob) -> GradingResult:
         late = lateness_note(job.db_url, job.assignment, job.student, notebooks)
         if late:
             notes.append(late)
-        exec_seconds, cuda = 0.0, 0
+        exec_seconds, cuda, warm_grader = 0.0, 0, False
         for notebook, info in preprocessors.DETAILS.items():
+            warm_grader = warm_grader or bool(info.get("warm_grader"))
             notes += [f"{notebook}: {n}" if len(job.release_notebooks) > 1 else n for n in info["notes"]]
             exec_seconds += float(info.get("seconds", 0.0))
             cuda = max(cuda, int(info.get("cuda_devices", 0)))
@@ -572,6 +575,7 @@ def grade(job: GradingJob) -> GradingResult:
             exec_seconds=round(exec_seconds, 3),
             cuda_devices=cuda,
             digest=job.digest,
+            warm_grader=warm_grader,
             autograded=autograded,
             feedback=feedback,
         )

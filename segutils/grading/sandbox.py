@@ -421,6 +421,44 @@ def sandbox_command(
     return cmd
 
 
+#: Placeholders in :func:`execute_command`'s arguments: the input folder and the scratch folder, as the
+#: process sees them (inside the sandbox or not).
+INPUT, SCRATCH = "{input}", "{scratch}"
+
+
+def execute_command(
+    python: str,
+    args: list[str],
+    *,
+    sandboxed: bool,
+    input_dir: Path,
+    scratch: Path,
+    limits: Limits,
+    env: dict[str, str],
+    gpu: GpuDevice | None = None,
+) -> tuple[list[str], dict[str, str] | None]:
+    """``python -m segutils.grading.execute ARGS`` (through :func:`bootstrap_command`), in the sandbox or not.
+
+    :data:`INPUT` and :data:`SCRATCH` in ``args`` become the input folder (``input_dir``, bound read-only at
+    :data:`SANDBOX_INPUT` in the sandbox) and a scratch folder (the sandbox's own ``/tmp``, else
+    ``scratch``); ``--sandboxed`` is added in the sandbox. Returns the command and the environment to start
+    it with: ``None`` in the sandbox (``env`` is set inside it), else ``env`` with its home folders moved
+    under ``scratch/home``.
+    """
+    inside = (
+        {INPUT: SANDBOX_INPUT, SCRATCH: SANDBOX_TMP} if sandboxed else {INPUT: str(input_dir), SCRATCH: str(scratch)}
+    )
+    resolved = [a.replace(INPUT, inside[INPUT]).replace(SCRATCH, inside[SCRATCH]) for a in args]
+    if sandboxed:
+        inner = bootstrap_command(python, "execute", [*resolved, "--sandboxed"])
+        return sandbox_command(inner, input_dir=input_dir, limits=limits, env=env, gpu=gpu), None
+    moved = dict(env)
+    home = Path(scratch) / "home"
+    for key in ("HOME", "MPLCONFIGDIR", "IPYTHONDIR", "JUPYTER_RUNTIME_DIR"):
+        moved[key] = str(home / Path(env[key]).relative_to(f"{SANDBOX_TMP}/home")) if key != "HOME" else str(home)
+    return bootstrap_command(python, "execute", resolved), moved
+
+
 _RLIMITS = {
     "memory_bytes": resource.RLIMIT_DATA,
     "processes": resource.RLIMIT_NPROC,

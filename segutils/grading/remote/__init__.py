@@ -16,5 +16,6 @@ only (never code, never a pickle):
 - :mod:`~segutils.grading.remote.probes`: what only the student's process can observe (ATen ops,
   ``meta`` tensors, host syncs, delegation), measured there around one proxied call;
 - :mod:`~segutils.grading.remote.student`: the student-side server;
-- :mod:`~segutils.grading.remote.grader`: the grader-side cell runner.
+- :mod:`~segutils.grading.remote.grader`: the grader-side cell runner;
+- :mod:`~segutils.grading.remote.warm`: a worker slot's warm grader, which forks the grader processes.
 """

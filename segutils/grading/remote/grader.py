@@ -349,15 +349,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--result-fd", type=int, required=True, help="file descriptor to write JSON lines to")
     parser.add_argument("--sandboxed", action="store_true")
     args = parser.parse_args(argv)
+    spec = json.loads((Path(args.input) / "spec.json").read_text(encoding="utf-8"))
+    return serve(spec, args.listen_fd, args.result_fd, sandboxed=args.sandboxed)
+
+
+def serve(spec: dict, listen_fd: int, result_fd: int, *, sandboxed: bool) -> int:
+    """Run ``spec``'s cells (the grader process's whole job, fresh or forked by the warm grader): the limits,
+    then :class:`Grader` on the listening socket ``listen_fd``, its records on ``result_fd``. Exit status."""
     from segutils.grading.execute import report_crash
     from segutils.grading.sandbox import Limits, apply_limits, make_undumpable
 
-    sink = os.fdopen(args.result_fd, "w", encoding="utf-8")
+    sink = os.fdopen(result_fd, "w", encoding="utf-8")
     make_undumpable()
-    spec = json.loads((Path(args.input) / "spec.json").read_text(encoding="utf-8"))
-    apply_limits(Limits.from_dict(spec["limits"]), processes=args.sandboxed)
-    listener = socket.socket(fileno=args.listen_fd)
-    os.chdir(os.environ.get("HOME", "/tmp") if Path(os.environ.get("HOME", "/tmp")).is_dir() else "/tmp")
+    apply_limits(Limits.from_dict(spec["limits"]), processes=sandboxed)
+    listener = socket.socket(fileno=listen_fd)
+    home = os.environ.get("HOME", "/tmp")
+    os.chdir(home if Path(home).is_dir() else "/tmp")
     try:
         Grader(spec, listener, sink).run()
     except Exception as error:  # noqa: BLE001 - reported to the trusted side
