@@ -91,6 +91,11 @@ RULES: dict[str, list[tuple[str, tuple[str, ...], Callable[..., str]]]] = {
 }
 
 
+def _number_or_name(value: object) -> float | str:
+    """A glued number as a float; a glued name (a model's, say) as it is."""
+    return value if isinstance(value, str) else float(value)  # type: ignore[arg-type]
+
+
 def contradictions(chapter: str, path: Path) -> list[str]:
     """Every glued verdict of ``chapter`` that does not start with what its numbers allow."""
     values = glued_values(path)
@@ -100,7 +105,7 @@ def contradictions(chapter: str, path: Path) -> list[str]:
         if missing:
             problems.append(f"{chapter}: glue keys missing: {missing}")
             continue
-        expected = rule(*(float(values[k]) for k in value_keys))
+        expected = rule(*(_number_or_name(values[k]) for k in value_keys))
         if not str(values[words_key]).startswith(expected):
             problems.append(
                 f"{chapter}: {words_key} = {values[words_key]!r}, but "
@@ -170,5 +175,41 @@ RULES["05_dilated_convolution"] = [
         "ch5_noise_note",
         ("ch5_seed_gain", "ch5_seed_spread"),
         lambda g, s: "Since nothing but" if abs(g) > s else "So these runs",
+    ),
+]
+
+RULES["07_encoder_decoder"] += [
+    (
+        "ch7_wave_vs_cell",
+        ("ch7_wave_max", "ch7_cell_side"),
+        lambda period, side: "shorter than" if period < side else "no longer than" if period == side else "longer than",
+    ),
+    (
+        "ch7_pa_vs_miou_words",
+        ("ch7_pa_span", "ch7_miou_span"),
+        lambda pa, miou: "varies less than mIoU" if pa < miou else "varies no less than mIoU",
+    ),
+]
+
+RULES["08_putting_it_together"] += [
+    (
+        "ch8_rf_cover_words",
+        ("ch8_plain_rf", "ch8_object_extent"),
+        lambda rf, extent: "covers" if rf >= extent else "is smaller than",
+    ),
+    (
+        "ch8_best_is_fastest",
+        ("ch8_best", "ch8_fastest"),
+        lambda best, fastest: "is also" if best == fastest else "is not",
+    ),
+    (
+        "ch8_cheapest_is_fastest",
+        ("ch8_cheapest", "ch8_fastest"),
+        lambda cheapest, fastest: "is also" if cheapest == fastest else "is not",
+    ),
+    (
+        "ch8_cheapest_vs_best",
+        ("ch8_cheapest", "ch8_best"),
+        lambda cheapest, best: "is also the most accurate" if cheapest == best else "spends",
     ),
 ]

@@ -8,13 +8,12 @@ cold). They assert what the text states, with its margin.
 from __future__ import annotations
 
 import importlib.util
-import json
 from pathlib import Path
 
 import nbformat
 import pytest
 import torch
-from glue_claims import contradictions
+from glue_claims import RULES, contradictions
 
 from segutils.data import ShapesDataset
 from segutils.metrics import BoundaryFScore, ConfusionMatrix
@@ -172,6 +171,12 @@ def test_glue_claims_catches_a_sentence_its_numbers_contradict(tmp_path):
         "ch7_chance_words": "smaller than the difference",
         "ch7_skip_class_effect": "here they even help to name the shape",
         "ch7_dominance_words": "that decision, not the placement of edges, dominates the errors",
+        "ch7_wave_max": 12,
+        "ch7_cell_side": 8,
+        "ch7_wave_vs_cell": "longer than",
+        "ch7_pa_span": 0.02,
+        "ch7_miou_span": 0.1,
+        "ch7_pa_vs_miou_words": "varies less than mIoU: the background",
     }
     path = tmp_path / "ch7.ipynb"
     nbformat.write(_notebook_with(values), path)
@@ -183,11 +188,39 @@ def test_glue_claims_catches_a_sentence_its_numbers_contradict(tmp_path):
     assert len(contradictions("07_encoder_decoder", path)) == 2
     nbformat.write(_notebook_with(values | {"ch7_skip2_diff_object_boundary_F": 0.03}), path)  # beyond the spread
     assert [p for p in contradictions("07_encoder_decoder", path) if "ch7_skip2_bf_words" in p]
+    nbformat.write(_notebook_with(values | {"ch7_cell_side": 16}), path)  # a wave shorter than the cell now
+    assert [p for p in contradictions("07_encoder_decoder", path) if "ch7_wave_vs_cell" in p]
+    nbformat.write(_notebook_with(values | {"ch7_pa_span": 0.2}), path)
+    assert [p for p in contradictions("07_encoder_decoder", path) if "ch7_pa_vs_miou_words" in p]
     nbformat.write(_notebook_with(values | {"ch7_at_cap": 2}), path)
     assert [p for p in contradictions("07_encoder_decoder", path) if "ch7_plateau_words" in p]
     nbformat.write(_notebook_with({"ch8_rho_words": "a larger receptive field tends to go with", "ch8_rho": 0.9}), path)
     assert contradictions("08_putting_it_together", path)
-    assert json.dumps(contradictions("08_putting_it_together", tmp_path / "ch4.ipynb")).count("missing") == 1
+    missing = contradictions("08_putting_it_together", tmp_path / "ch4.ipynb")
+    assert len(missing) == len(RULES["08_putting_it_together"]) and all("missing" in p for p in missing)
+    # Words chosen by comparing glued names or two glued numbers: one control of each kind.
+    ch8 = {
+        "ch8_rho": 0.9,
+        "ch8_rho_words": "the larger the receptive field, the better",
+        "ch8_plain_rf": 21,
+        "ch8_object_extent": 14.0,
+        "ch8_rf_cover_words": "covers",
+        "ch8_best": "U-Net",
+        "ch8_fastest": "plain FCN",
+        "ch8_cheapest": "plain FCN",
+        "ch8_best_is_fastest": "is not",
+        "ch8_cheapest_is_fastest": "is also",
+        "ch8_cheapest_vs_best": "spends 3.10 times fewer FLOPs than U-Net",
+    }
+    nbformat.write(_notebook_with(ch8), path)
+    assert contradictions("08_putting_it_together", path) == []
+    for change, words_key in [
+        ({"ch8_fastest": "U-Net"}, "ch8_best_is_fastest"),
+        ({"ch8_object_extent": 30.0}, "ch8_rf_cover_words"),
+        ({"ch8_cheapest": "U-Net"}, "ch8_cheapest_vs_best"),
+    ]:
+        nbformat.write(_notebook_with(ch8 | change), path)
+        assert [p for p in contradictions("08_putting_it_together", path) if words_key in p], change
 
 
 def test_warm_models_finds_the_calls_of_a_config_assigned_in_an_earlier_cell():
