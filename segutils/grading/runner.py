@@ -42,7 +42,7 @@ MAX_CELLS = 2000
 MAX_DEPTH = 100
 #: Whether ``segutils grade`` runs the tests in a grader process of their own when neither the command
 #: line (``--two-process`` / ``--in-process``) nor the course (``c.SandboxedExecute.two_process``) says.
-TWO_PROCESS_DEFAULT = False
+TWO_PROCESS_DEFAULT = True
 
 
 def resolve_two_process(cfg: Any, chosen: bool | None) -> bool:
