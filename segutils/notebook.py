@@ -42,6 +42,7 @@ __all__ = [
     "png_base64",
     "show",
     "html_table",
+    "sample_photograph",
 ]
 
 
@@ -197,6 +198,21 @@ def connected_components(region: torch.Tensor) -> torch.Tensor:
         if torch.equal(grown, ids):
             return ids.long()
         ids = grown
+
+
+def sample_photograph(down: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
+    """matplotlib's sample portrait of Grace Hopper (it ships with matplotlib: nothing is downloaded).
+
+    Returns the full photograph ``(3, 600, 512)`` and a ``384 x 384`` square crop around the face (rows
+    ``16:400``, columns ``64:448``) averaged down by ``down``, of shape ``(1, 3, 384 // down, 384 // down)``;
+    values in ``[0, 1]``.
+    """
+    import matplotlib.cbook as cbook
+    import matplotlib.pyplot as plt
+
+    with cbook.get_sample_data("grace_hopper.jpg") as file:
+        full = torch.tensor(plt.imread(file)).permute(2, 0, 1).float() / 255
+    return full, F.avg_pool2d(full[None, :, 16:400, 64:448], down)
 
 
 def png_base64(fig, dpi: int = 80, **savefig_kwargs) -> str:

@@ -53,10 +53,10 @@ RULES: dict[str, list[tuple[str, tuple[str, ...], Callable[..., str]]]] = {
         ("patch_verdict", ("patch_gain",), _versus_background),
         ("plain_verdict", ("plain_gain",), _versus_background),
     ],
-    "07_encoder_decoder": [
+    "08_encoder_decoder": [
         (
-            f"ch7_skip_{what}_words",
-            (f"ch7_skip_diff_{column}", f"ch7_skip_spread_{column}"),
+            f"ch8_skip_{what}_words",
+            (f"ch8_skip_diff_{column}", f"ch8_skip_spread_{column}"),
             lambda d, s: _beyond(d, s, CH7_RAISE),
         )
         for what, column in [
@@ -68,17 +68,17 @@ RULES: dict[str, list[tuple[str, tuple[str, ...], Callable[..., str]]]] = {
     ]
     + [
         (
-            f"ch7_{pair}_{what}_words",
-            (f"ch7_{pair}_diff_{column}", f"ch7_{pair}_spread_{column}"),
+            f"ch8_{pair}_{what}_words",
+            (f"ch8_{pair}_diff_{column}", f"ch8_{pair}_spread_{column}"),
             lambda d, s: _beyond(d, s, CH7_THAN),
         )
         for pair in ("skip1", "skip2", "unet")
         for what, column in [("bf", "object_boundary_F"), ("edge", "edge_mIoU"), ("miou", "mIoU")]
     ],
-    "08_putting_it_together": [
+    "09_putting_it_together": [
         (
-            "ch8_rho_words",
-            ("ch8_rho",),
+            "ch9_rho_words",
+            ("ch9_rho",),
             lambda rho: (
                 "the larger the receptive field"
                 if rho > 0.7
@@ -114,40 +114,40 @@ def contradictions(chapter: str, path: Path) -> list[str]:
     return problems
 
 
-RULES["07_encoder_decoder"] += [
+RULES["08_encoder_decoder"] += [
     (
-        "ch7_find_vs_name",
-        ("ch7_object_iou", "ch7_class_miou"),
+        "ch8_find_vs_name",
+        ("ch8_object_iou", "ch8_class_miou"),
         lambda o, c: "better than" if o > c else "no better than",
     ),
     (
-        "ch7_dominance_words",
-        ("ch7_object_iou", "ch7_class_miou"),
+        "ch8_dominance_words",
+        ("ch8_object_iou", "ch8_class_miou"),
         lambda o, c: (
             "that decision, not the placement of edges, dominates" if o - c > 0.1 else "finding the objects and"
         ),
     ),
 ]
 
-RULES["07_encoder_decoder"] += [
+RULES["08_encoder_decoder"] += [
     (
-        "ch7_chance_words",
-        ("ch7_skip_spread_object_boundary_F", "ch7_skip_diff_object_boundary_F"),
+        "ch8_chance_words",
+        ("ch8_skip_spread_object_boundary_F", "ch8_skip_diff_object_boundary_F"),
         lambda spread, diff: "as large as" if spread >= abs(diff) else "smaller than",
     ),
     (
-        "ch7_skip_class_effect",
-        ("ch7_skip_diff_shape_accuracy", "ch7_skip_spread_shape_accuracy"),
+        "ch8_skip_class_effect",
+        ("ch8_skip_diff_shape_accuracy", "ch8_skip_spread_shape_accuracy"),
         lambda d, s: _beyond(
             d, s, {"up": "here they even help", "down": "adding their local evidence", "same": "here they leave"}
         ),
     ),
 ]
 
-RULES["07_encoder_decoder"] += [
+RULES["08_encoder_decoder"] += [
     (
-        "ch7_plateau_words",
-        ("ch7_at_cap",),
+        "ch8_plateau_words",
+        ("ch8_at_cap",),
         lambda n: "every run stopped at a plateau" if n == 0 else f"{int(n)} of the",
     ),
 ]
@@ -178,38 +178,38 @@ RULES["05_dilated_convolution"] = [
     ),
 ]
 
-RULES["07_encoder_decoder"] += [
+RULES["08_encoder_decoder"] += [
     (
-        "ch7_wave_vs_cell",
-        ("ch7_wave_max", "ch7_cell_side"),
+        "ch8_wave_vs_cell",
+        ("ch8_wave_max", "ch8_cell_side"),
         lambda period, side: "shorter than" if period < side else "no longer than" if period == side else "longer than",
     ),
     (
-        "ch7_pa_vs_miou_words",
-        ("ch7_pa_span", "ch7_miou_span"),
+        "ch8_pa_vs_miou_words",
+        ("ch8_pa_span", "ch8_miou_span"),
         lambda pa, miou: "varies less than mIoU" if pa < miou else "varies no less than mIoU",
     ),
 ]
 
-RULES["08_putting_it_together"] += [
+RULES["09_putting_it_together"] += [
     (
-        "ch8_rf_cover_words",
-        ("ch8_plain_rf", "ch8_object_extent"),
+        "ch9_rf_cover_words",
+        ("ch9_plain_rf", "ch9_object_extent"),
         lambda rf, extent: "covers" if rf >= extent else "is smaller than",
     ),
     (
-        "ch8_best_is_fastest",
-        ("ch8_best", "ch8_fastest"),
+        "ch9_best_is_fastest",
+        ("ch9_best", "ch9_fastest"),
         lambda best, fastest: "is also" if best == fastest else "is not",
     ),
     (
-        "ch8_cheapest_is_fastest",
-        ("ch8_cheapest", "ch8_fastest"),
+        "ch9_cheapest_is_fastest",
+        ("ch9_cheapest", "ch9_fastest"),
         lambda cheapest, fastest: "is also" if cheapest == fastest else "is not",
     ),
     (
-        "ch8_cheapest_vs_best",
-        ("ch8_cheapest", "ch8_best"),
+        "ch9_cheapest_vs_best",
+        ("ch9_cheapest", "ch9_best"),
         lambda cheapest, best: "is also the most accurate" if cheapest == best else "spends",
     ),
 ]

@@ -16,7 +16,7 @@ import pytest
 import yaml
 from conftest import BOOK_GROUP, ROOT, BookBuild
 
-CHAPTERS = 10
+CHAPTERS = 11
 TOC = ROOT / "_toc.yml"
 #: jupyter-cache's folder (``execute.cache`` of _config.yml), where the build records each execution.
 EXECUTION_CACHE = ROOT / yaml.safe_load((ROOT / "_config.yml").read_text())["execute"]["cache"]
@@ -192,7 +192,7 @@ def test_pages_load_nothing_from_other_hosts(book_build: BookBuild):
 @pytest.mark.xdist_group(BOOK_GROUP)
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "chapter", ["04_fully_convolutional", "05_dilated_convolution", "07_encoder_decoder", "08_putting_it_together"]
+    "chapter", ["04_fully_convolutional", "05_dilated_convolution", "08_encoder_decoder", "09_putting_it_together"]
 )
 def test_glued_verdicts_follow_the_glued_numbers(book_build: BookBuild, chapter, tmp_path):
     """No sentence claims an improvement (or a difference) that the numbers glued beside it contradict.

@@ -57,11 +57,11 @@ def _book_calls(chapter: str) -> list[tuple[str, dict]]:
     return warm.book_models([BOOK / f"{chapter}.ipynb"])
 
 
-def _chapter_7_runs() -> dict[tuple[str, int], tuple[torch.nn.Module, TrainingConfig]]:
-    """(name, seed) -> (model, config) for chapter 7's FCN-8s/4s/2s and U-Net runs, from the cache."""
+def _chapter_8_runs() -> dict[tuple[str, int], tuple[torch.nn.Module, TrainingConfig]]:
+    """(name, seed) -> (model, config) for chapter 8's FCN-8s/4s/2s and U-Net runs, from the cache."""
     labels = {("fcn", 0): "FCN-8s", ("fcn", 1): "FCN-4s", ("fcn", 2): "FCN-2s", ("unet", None): "U-Net"}
     runs = {}
-    for name, kwargs in _book_calls("07_encoder_decoder"):
+    for name, kwargs in _book_calls("08_encoder_decoder"):
         kwargs = dict(kwargs)
         config = TrainingConfig(**kwargs.pop("__config__", {}))
         label = labels[name, kwargs.get("skips")]
@@ -80,8 +80,8 @@ def _chapter_7_runs() -> dict[tuple[str, int], tuple[torch.nn.Module, TrainingCo
         "experiment shows the effect, and the marker must go."
     ),
 )
-def test_chapter_7_skips_place_wavy_edges_better_beyond_the_seed_spread():
-    """Chapter 7's central experiment, recomputed from the models its own calls train (cached by the build).
+def test_chapter_8_skips_place_wavy_edges_better_beyond_the_seed_spread():
+    """Chapter 8's central experiment, recomputed from the models its own calls train (cached by the build).
 
     The issue asks for: outlines with detail finer than the coarsest stride, training to a plateau,
     three seeds per model, and the skip effect with a margin larger than the seed spread. The text
@@ -89,7 +89,7 @@ def test_chapter_7_skips_place_wavy_edges_better_beyond_the_seed_spread():
     skips) by more than the larger range over seeds of the two.
     """
     torch.set_num_threads(2)
-    runs = _chapter_7_runs()
+    runs = _chapter_8_runs()
     assert sorted(runs) == sorted((n, s) for n in ("FCN-8s", "FCN-4s", "FCN-2s", "U-Net") for s in (0, 1, 2))
     config = runs["FCN-8s", 0][1]
     assert config.outline_detail > 0 and config.patience is not None, "the book's settings are not the issue's design"
@@ -141,7 +141,7 @@ def test_glue_claims_catches_a_sentence_its_numbers_contradict(tmp_path):
         path,
     )
     assert len(contradictions("04_fully_convolutional", path)) == 1
-    values = {"ch7_at_cap": 0, "ch7_plateau_words": "every run stopped at a plateau before the cap"}
+    values = {"ch8_at_cap": 0, "ch8_plateau_words": "every run stopped at a plateau before the cap"}
     for what, column in [
         ("miou", "mIoU"),
         ("edge", "edge_mIoU"),
@@ -149,9 +149,9 @@ def test_glue_claims_catches_a_sentence_its_numbers_contradict(tmp_path):
         ("shape", "shape_accuracy"),
     ]:
         values |= {
-            f"ch7_skip_{what}_words": "raise it",
-            f"ch7_skip_diff_{column}": 0.03,
-            f"ch7_skip_spread_{column}": 0.01,
+            f"ch8_skip_{what}_words": "raise it",
+            f"ch8_skip_diff_{column}": 0.03,
+            f"ch8_skip_spread_{column}": 0.01,
         }
     for pair, words, diff in [
         ("skip1", "higher than", 0.05),
@@ -160,71 +160,71 @@ def test_glue_claims_catches_a_sentence_its_numbers_contradict(tmp_path):
     ]:
         for what, column in [("bf", "object_boundary_F"), ("edge", "edge_mIoU"), ("miou", "mIoU")]:
             values |= {
-                f"ch7_{pair}_{what}_words": words,
-                f"ch7_{pair}_diff_{column}": diff,
-                f"ch7_{pair}_spread_{column}": 0.02,
+                f"ch8_{pair}_{what}_words": words,
+                f"ch8_{pair}_diff_{column}": diff,
+                f"ch8_{pair}_spread_{column}": 0.02,
             }
     values |= {
-        "ch7_object_iou": 0.8,
-        "ch7_class_miou": 0.6,
-        "ch7_find_vs_name": "better than",
-        "ch7_chance_words": "smaller than the difference",
-        "ch7_skip_class_effect": "here they even help to name the shape",
-        "ch7_dominance_words": "that decision, not the placement of edges, dominates the errors",
-        "ch7_wave_max": 12,
-        "ch7_cell_side": 8,
-        "ch7_wave_vs_cell": "longer than",
-        "ch7_pa_span": 0.02,
-        "ch7_miou_span": 0.1,
-        "ch7_pa_vs_miou_words": "varies less than mIoU: the background",
+        "ch8_object_iou": 0.8,
+        "ch8_class_miou": 0.6,
+        "ch8_find_vs_name": "better than",
+        "ch8_chance_words": "smaller than the difference",
+        "ch8_skip_class_effect": "here they even help to name the shape",
+        "ch8_dominance_words": "that decision, not the placement of edges, dominates the errors",
+        "ch8_wave_max": 12,
+        "ch8_cell_side": 8,
+        "ch8_wave_vs_cell": "longer than",
+        "ch8_pa_span": 0.02,
+        "ch8_miou_span": 0.1,
+        "ch8_pa_vs_miou_words": "varies less than mIoU: the background",
     }
     path = tmp_path / "ch7.ipynb"
     nbformat.write(_notebook_with(values), path)
-    assert contradictions("07_encoder_decoder", path) == []
+    assert contradictions("08_encoder_decoder", path) == []
     # A gain smaller than the seed spread must not be called a rise.
-    nbformat.write(_notebook_with(values | {"ch7_skip_diff_mIoU": 0.005}), path)
-    assert [p for p in contradictions("07_encoder_decoder", path) if "ch7_skip_miou_words" in p]
-    nbformat.write(_notebook_with(values | {"ch7_class_miou": 0.85}), path)  # "better than" would now be false
-    assert len(contradictions("07_encoder_decoder", path)) == 2
-    nbformat.write(_notebook_with(values | {"ch7_skip2_diff_object_boundary_F": 0.03}), path)  # beyond the spread
-    assert [p for p in contradictions("07_encoder_decoder", path) if "ch7_skip2_bf_words" in p]
-    nbformat.write(_notebook_with(values | {"ch7_cell_side": 16}), path)  # a wave shorter than the cell now
-    assert [p for p in contradictions("07_encoder_decoder", path) if "ch7_wave_vs_cell" in p]
-    nbformat.write(_notebook_with(values | {"ch7_pa_span": 0.2}), path)
-    assert [p for p in contradictions("07_encoder_decoder", path) if "ch7_pa_vs_miou_words" in p]
-    nbformat.write(_notebook_with(values | {"ch7_at_cap": 2}), path)
-    assert [p for p in contradictions("07_encoder_decoder", path) if "ch7_plateau_words" in p]
-    nbformat.write(_notebook_with({"ch8_rho_words": "a larger receptive field tends to go with", "ch8_rho": 0.9}), path)
-    assert contradictions("08_putting_it_together", path)
-    missing = contradictions("08_putting_it_together", tmp_path / "ch4.ipynb")
-    assert len(missing) == len(RULES["08_putting_it_together"]) and all("missing" in p for p in missing)
+    nbformat.write(_notebook_with(values | {"ch8_skip_diff_mIoU": 0.005}), path)
+    assert [p for p in contradictions("08_encoder_decoder", path) if "ch8_skip_miou_words" in p]
+    nbformat.write(_notebook_with(values | {"ch8_class_miou": 0.85}), path)  # "better than" would now be false
+    assert len(contradictions("08_encoder_decoder", path)) == 2
+    nbformat.write(_notebook_with(values | {"ch8_skip2_diff_object_boundary_F": 0.03}), path)  # beyond the spread
+    assert [p for p in contradictions("08_encoder_decoder", path) if "ch8_skip2_bf_words" in p]
+    nbformat.write(_notebook_with(values | {"ch8_cell_side": 16}), path)  # a wave shorter than the cell now
+    assert [p for p in contradictions("08_encoder_decoder", path) if "ch8_wave_vs_cell" in p]
+    nbformat.write(_notebook_with(values | {"ch8_pa_span": 0.2}), path)
+    assert [p for p in contradictions("08_encoder_decoder", path) if "ch8_pa_vs_miou_words" in p]
+    nbformat.write(_notebook_with(values | {"ch8_at_cap": 2}), path)
+    assert [p for p in contradictions("08_encoder_decoder", path) if "ch8_plateau_words" in p]
+    nbformat.write(_notebook_with({"ch9_rho_words": "a larger receptive field tends to go with", "ch9_rho": 0.9}), path)
+    assert contradictions("09_putting_it_together", path)
+    missing = contradictions("09_putting_it_together", tmp_path / "ch4.ipynb")
+    assert len(missing) == len(RULES["09_putting_it_together"]) and all("missing" in p for p in missing)
     # Words chosen by comparing glued names or two glued numbers: one control of each kind.
     ch8 = {
-        "ch8_rho": 0.9,
-        "ch8_rho_words": "the larger the receptive field, the better",
-        "ch8_plain_rf": 21,
-        "ch8_object_extent": 14.0,
-        "ch8_rf_cover_words": "covers",
-        "ch8_best": "U-Net",
-        "ch8_fastest": "plain FCN",
-        "ch8_cheapest": "plain FCN",
-        "ch8_best_is_fastest": "is not",
-        "ch8_cheapest_is_fastest": "is also",
-        "ch8_cheapest_vs_best": "spends 3.10 times fewer FLOPs than U-Net",
+        "ch9_rho": 0.9,
+        "ch9_rho_words": "the larger the receptive field, the better",
+        "ch9_plain_rf": 21,
+        "ch9_object_extent": 14.0,
+        "ch9_rf_cover_words": "covers",
+        "ch9_best": "U-Net",
+        "ch9_fastest": "plain FCN",
+        "ch9_cheapest": "plain FCN",
+        "ch9_best_is_fastest": "is not",
+        "ch9_cheapest_is_fastest": "is also",
+        "ch9_cheapest_vs_best": "spends 3.10 times fewer FLOPs than U-Net",
     }
     nbformat.write(_notebook_with(ch8), path)
-    assert contradictions("08_putting_it_together", path) == []
+    assert contradictions("09_putting_it_together", path) == []
     for change, words_key in [
-        ({"ch8_fastest": "U-Net"}, "ch8_best_is_fastest"),
-        ({"ch8_object_extent": 30.0}, "ch8_rf_cover_words"),
-        ({"ch8_cheapest": "U-Net"}, "ch8_cheapest_vs_best"),
+        ({"ch9_fastest": "U-Net"}, "ch9_best_is_fastest"),
+        ({"ch9_object_extent": 30.0}, "ch9_rf_cover_words"),
+        ({"ch9_cheapest": "U-Net"}, "ch9_cheapest_vs_best"),
     ]:
         nbformat.write(_notebook_with(ch8 | change), path)
-        assert [p for p in contradictions("08_putting_it_together", path) if words_key in p], change
+        assert [p for p in contradictions("09_putting_it_together", path) if words_key in p], change
 
 
 def test_warm_models_finds_the_calls_of_a_config_assigned_in_an_earlier_cell():
-    """Chapters 7 and 8 name their TrainingConfig once (``study = TrainingConfig(...)``); warm_models must
+    """Chapters 8 and 9 name their TrainingConfig once (``study = TrainingConfig(...)``); warm_models must
     still train exactly those runs, with the loop's seed, and skip names it cannot evaluate."""
     spec = importlib.util.spec_from_file_location("warm_models", BOOK / "_ext" / "warm_models.py")
     warm = importlib.util.module_from_spec(spec)
@@ -250,5 +250,5 @@ def test_warm_models_finds_the_calls_of_a_config_assigned_in_an_earlier_cell():
     assert warm.literal_calls("trained_model('unet', earlier)") == []  # not assigned: left to its cell
     twice = "c = TrainingConfig(seed=1)\nc = TrainingConfig(seed=2)\ntrained_model('unet', c)\n"
     assert warm.literal_calls(twice) == []  # ambiguous: left to its cell
-    found = warm.book_models([BOOK / "07_encoder_decoder.ipynb", BOOK / "08_putting_it_together.ipynb"])
+    found = warm.book_models([BOOK / "08_encoder_decoder.ipynb", BOOK / "09_putting_it_together.ipynb"])
     assert len({(name, repr(sorted(kw.items()))) for name, kw in found}) >= 12

@@ -22,6 +22,7 @@ from segutils.notebook import (
     output_shapes,
     peak_forward_bytes,
     png_base64,
+    sample_photograph,
     seconds,
     show,
     training_cost,
@@ -156,3 +157,16 @@ def test_html_table_escapes_and_checks_widths():
     assert table == "<table><tr><th>a</th><th>b</th></tr><tr><td>1</td><td>&lt;x&gt;</td></tr></table>"
     with pytest.raises(ValueError, match="2 columns"):
         html_table(["a", "b"], [(1,)])
+
+
+def test_sample_photograph_is_the_face_crop_averaged_down():
+    import matplotlib.cbook as cbook
+
+    with cbook.get_sample_data("grace_hopper.jpg") as file:
+        raw = plt.imread(file)  # (600, 512, 3) uint8
+    full, photo = sample_photograph(4)
+    assert full.shape == (3, 600, 512) and photo.shape == (1, 3, 96, 96)
+    assert 0 <= photo.min() and photo.max() <= 1
+    # Pixel (row 5, column 7) of the crop: the mean of the 4 x 4 block at rows 16 + 20.., columns 64 + 28..
+    block = raw[16 + 20 : 16 + 24, 64 + 28 : 64 + 32].astype("float64") / 255
+    assert torch.allclose(photo[0, :, 5, 7].double(), torch.from_numpy(block.mean(axis=(0, 1))), atol=1e-6)

@@ -1,6 +1,6 @@
 """torchvision's pretrained networks from the local cache (segutils.pretrained), their anatomy
 (segutils.architecture), the photographs, and the `weights`/`segment`/`train --data voc` commands
-(tests/test_real_photographs_chapter.py executes chapter 9 without and with weights).
+(tests/test_real_photographs_chapter.py executes chapter 10 without and with weights).
 
 No test downloads anything: "pretrained" weights here are randomly initialised state dicts of the
 right architectures, written where the loader looks (a temporary ``$TORCH_HOME``); the numbers they

@@ -1,4 +1,4 @@
-"""Chapter 9 ("Real photographs") executes in both of its branches: without the pretrained weights (the default
+"""Chapter 10 ("Real photographs") executes in both of its branches: without the pretrained weights (the default
 on a machine without network access) and with them (randomly initialised state dicts of the right architectures in
 a temporary ``$TORCH_HOME``, plus a tiny PASCAL VOC folder, so that every prediction, timing and figure cell runs;
 the numbers are meaningless and not asserted). The book build (tests/test_book.py) executes the chapter as the
@@ -14,7 +14,7 @@ import pytest
 from conftest import ROOT
 from test_pretrained import write_tiny_voc, write_weights
 
-CHAPTER = ROOT / "book" / "09_real_photographs.ipynb"
+CHAPTER = ROOT / "book" / "10_real_photographs.ipynb"
 
 
 @pytest.fixture(scope="module")
