@@ -337,8 +337,16 @@ def test_an_interrupted_batch_loses_nothing_already_graded(tmp_path, how):
     assert 1 <= len(finished) < len(chosen), (out, err)
     if how == signal.SIGINT:
         assert process.returncode == 130 and "interrupted" in err
-    run = segutils_grade(
-        course, "--submissions", str(tmp_path / "export"), "--workers", "2", "--timeout", "5", "--no-progress"
+    run = segutils_grade(  # the same mode again: a batch in the other mode would regrade everyone
+        course,
+        "--submissions",
+        str(tmp_path / "export"),
+        "--workers",
+        "2",
+        "--timeout",
+        "5",
+        "--no-progress",
+        "--in-process",
     )
     assert run.returncode == 0, run.stdout + run.stderr
     assert f"{len(finished)} unchanged (skipped)" in run.stdout

@@ -426,17 +426,7 @@ class SandboxedExecute(Execute):
         deadline = time.monotonic() + limits.notebook_timeout
         max_line = 4 * limits.notebook_output_bytes + (1 << 20)
         cgroup = sandbox.PidsCgroup(limits.processes) if self.sandbox else None
-        with open(log_path, "wb") as log:
-            process = subprocess.Popen(
-                command,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=log,
-                env=popen_env,
-                pass_fds=(write_fd,),
-                start_new_session=True,
-                preexec_fn=cgroup.enter if cgroup and cgroup.path else None,
-            )
+        process = _start(command, log_path, popen_env, (write_fd,), cgroup)
         os.close(write_fd)
         buffer = b""
         selector = selectors.DefaultSelector()
@@ -539,34 +529,11 @@ class SandboxedExecute(Execute):
                 limits=limits,
                 gpu=gpu,
             )
-            with open(staging / "grader.log", "wb") as log:
-                processes.append(
-                    subprocess.Popen(
-                        grader_cmd,
-                        stdin=subprocess.DEVNULL,
-                        stdout=log,
-                        stderr=log,
-                        env=grader_env,
-                        pass_fds=(grader_write, listener.fileno()),
-                        start_new_session=True,
-                        preexec_fn=grader_cgroup.enter if grader_cgroup and grader_cgroup.path else None,
-                    )
-                )
+            pass_fds = (grader_write, listener.fileno())
+            processes.append(_start(grader_cmd, staging / "grader.log", grader_env, pass_fds, grader_cgroup))
         os.close(grader_write)
         listener.close()
-        with open(staging / "executor.log", "wb") as log:
-            processes.append(
-                subprocess.Popen(
-                    student_cmd,
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=log,
-                    env=popen_env,
-                    pass_fds=(student_write,),
-                    start_new_session=True,
-                    preexec_fn=student_cgroup.enter if student_cgroup and student_cgroup.path else None,
-                )
-            )
+        processes.append(_start(student_cmd, staging / "executor.log", popen_env, (student_write,), student_cgroup))
         os.close(student_write)
         streams = {grader_read: "grader", student_read: "student"}
         found: dict[str, dict] = {"grader": {}, "student": {}}
@@ -858,6 +825,28 @@ def grader_cells(nb: NotebookNode, plan: list[dict]) -> list[dict]:
             )
             owned |= bound
     return cells
+
+
+def _start(
+    command: list[str],
+    log_path: Path,
+    env: dict[str, str] | None,
+    pass_fds: tuple[int, ...],
+    cgroup: sandbox.PidsCgroup | None,
+) -> subprocess.Popen:
+    """Start a sandboxed process (the executor or a grader) in a session of its own, in ``cgroup`` if given,
+    its output going to ``log_path``."""
+    with open(log_path, "wb") as log:
+        return subprocess.Popen(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            env=env,
+            pass_fds=pass_fds,
+            start_new_session=True,
+            preexec_fn=cgroup.enter if cgroup and cgroup.path else None,
+        )
 
 
 def _parse_record(line: bytes) -> tuple[str, dict]:
