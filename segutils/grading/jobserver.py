@@ -54,6 +54,16 @@ def die_with_parent() -> None:
     ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
 
 
+def kill_process_group(pid: int) -> None:
+    """SIGKILL the process group led by ``pid``, or ``pid`` alone if it leads none (yet); gone is fine."""
+    for kill in (os.killpg, os.kill):
+        try:
+            kill(pid, signal.SIGKILL)
+            return
+        except (ProcessLookupError, PermissionError):
+            continue
+
+
 class WarmGraders:
     """The slot's warm grader: started for the first job that asks, kept while jobs ask for the same sandbox."""
 

@@ -16,7 +16,6 @@ import os
 import pickle
 import queue
 import select
-import signal
 import subprocess
 import sys
 import tempfile
@@ -27,7 +26,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import replace
 from pathlib import Path
 
-from segutils.grading.jobserver import die_with_parent
+from segutils.grading.jobserver import die_with_parent, kill_process_group
 from segutils.grading.runner import GradingJob, GradingResult
 from segutils.grading.sandbox import GpuDevice, bootstrap_command
 
@@ -79,19 +78,6 @@ def _collect(job: GradingJob, result_path: Path, log_path: Path, exit_status: in
     return failed_result(job, f"the grading process failed (exit status {exit_status}): {tail}")
 
 
-def _kill_session(pid: int) -> None:
-    """SIGKILL the session led by job ``pid`` (or ``pid`` alone if it has not made its session yet)."""
-    try:
-        os.killpg(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    except PermissionError:
-        pass
-
-
 class _Tracked:
     """``with _Tracked(pid):`` the job is killed by :func:`stop_all` while it runs."""
 
@@ -112,7 +98,7 @@ def stop_all() -> None:
     with _RUNNING_LOCK:
         running = list(_RUNNING)
     for pid in running:
-        _kill_session(pid)
+        kill_process_group(pid)
 
 
 def run_job_subprocess(job: GradingJob, timeout: float | None = None) -> GradingResult:
@@ -133,7 +119,7 @@ def run_job_subprocess(job: GradingJob, timeout: float | None = None) -> Grading
             try:
                 process.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
-                _kill_session(process.pid)
+                kill_process_group(process.pid)
                 process.wait()
                 return _timed_out(job, timeout)
         return _collect(job, result_path, log_path, process.returncode)
@@ -174,7 +160,7 @@ class JobServer:
             with _Tracked(pid):
                 answer = self._receive(timeout)
                 if answer is None:
-                    _kill_session(pid)
+                    kill_process_group(pid)
                     self._receive(None)
                     return _timed_out(job, timeout)
             return _collect(job, result_path, log_path, int(answer["exit"]))

@@ -27,7 +27,6 @@ import os
 import re
 import selectors
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -44,6 +43,7 @@ from nbgrader.preprocessors import Execute, NbGraderPreprocessor
 from traitlets import Bool, Dict, Float, Integer, List, Unicode
 
 from segutils.grading import sandbox
+from segutils.grading.jobserver import kill_process_group
 from segutils.grading.remote import warm
 from segutils.grading.runner import TWO_PROCESS_DEFAULT
 
@@ -863,10 +863,7 @@ def _parse_record(line: bytes) -> tuple[str, dict]:
 
 
 def _kill_group(process: subprocess.Popen) -> None:
-    try:
-        os.killpg(process.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
+    kill_process_group(process.pid)
     try:
         process.wait(timeout=30)
     except subprocess.TimeoutExpired:

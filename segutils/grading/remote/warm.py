@@ -34,6 +34,8 @@ import socket
 import sys
 from dataclasses import dataclass
 
+from segutils.grading.jobserver import die_with_parent, kill_process_group
+
 #: Modules imported once by the warm grader: what every grader imports, and the test cells' usual imports.
 PRELOAD = (
     "torch",
@@ -149,7 +151,7 @@ def _receive(connection: socket.socket) -> list[int] | None:
 def _child(fds: list[int], listener: socket.socket, connections: list[socket.socket], sandboxed: bool) -> int:
     """The forked grader: its own process group, the job's log as stdout and stderr, then the grader."""
     os.setpgid(0, 0)
-    _die_with_parent()
+    die_with_parent()
     memfd, listen_fd, result_fd, log_fd = fds
     for sock in (listener, *connections):
         sock.close()
@@ -167,13 +169,6 @@ def _child(fds: list[int], listener: socket.socket, connections: list[socket.soc
     from segutils.grading.remote.grader import serve
 
     return serve(spec, listen_fd, result_fd, sandboxed=sandboxed)
-
-
-def _die_with_parent() -> None:
-    import ctypes
-
-    pr_set_pdeathsig = 1
-    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
 
 
 def serve_forever(listener: socket.socket, sandboxed: bool) -> None:
@@ -207,18 +202,9 @@ def serve_forever(listener: socket.socket, sandboxed: bool) -> None:
                     pass
                 children[connection] = pid
             else:  # the job closed its connection (or wrote to it, which it never does): the child goes
-                _kill_group(children.pop(sock))
+                kill_process_group(children.pop(sock))
                 sock.close()
         _reap()
-
-
-def _kill_group(pid: int) -> None:
-    for kill in (os.killpg, os.kill):
-        try:
-            kill(pid, signal.SIGKILL)
-            return
-        except (ProcessLookupError, PermissionError):
-            continue
 
 
 def _reap() -> None:
@@ -242,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
 
     make_undumpable()
     if not args.sandboxed:
-        _die_with_parent()
+        die_with_parent()
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     preload()
     serve_forever(socket.socket(fileno=args.listen_fd), args.sandboxed)
