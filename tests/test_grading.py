@@ -629,6 +629,35 @@ def test_bootstrap_runs_a_grading_module_without_importing_segutils_init():
         sandbox.bootstrap_command(sys.executable, "os", [])
 
 
+def test_the_executor_serves_a_test_cell_without_importing_torch():
+    """The student's executor (two-process grading) only hands the kernel the code that serves the grader:
+    importing the student side's modules there would load PyTorch into every job's executor (1.5 s)."""
+    import subprocess
+
+    cmd = sandbox.bootstrap_command(sys.executable, "execute", [])
+    serve_one_test_cell = (
+        "import asyncio\n"
+        "from segutils.grading.execute import Executor, _Record\n"
+        "sources = []\n"
+        "async def execute(self, index, record, source=None):\n"
+        "    sources.append(source)\n"
+        "    return 'ok'\n"
+        "Executor.execute = execute\n"
+        "executor = Executor.__new__(Executor)\n"
+        "executor.channel = '/grader.sock'\n"
+        "record = _Record(6)\n"
+        "asyncio.run(executor.serve_test(6, record))\n"
+        "print(record.status, 'serve(' in sources[0], 'torch' in sys.modules)\n"
+    )
+    done = subprocess.run(
+        cmd[:2] + [cmd[2].replace("from segutils.grading.execute import main\nsys.exit(main())", serve_one_test_cell)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0 and done.stdout.split() == ["served", "True", "False"], done
+
+
 def test_the_guard_undoes_replacements_and_adopts_library_wrappers(monkeypatch):
     import contextlib
     import functools

@@ -359,10 +359,8 @@ class Executor:
     async def serve_test(self, index: int, record: _Record) -> str:
         """Two-process grading: where test cell ``index`` stands, the kernel serves the grader's requests
         (:func:`segutils.grading.remote.student.serve`); nothing it prints is kept."""
-        from segutils.grading.remote.student import serve_command
-
         started = time.monotonic()
-        status = await self.execute(index, None, source=serve_command(self.channel, index))
+        status = await self.execute(index, None, source=serve_source(self.channel, index))
         record.seconds = time.monotonic() - started
         record.status = "served" if status in ("ok", "error") else status
         if status == "died":
@@ -457,6 +455,13 @@ class Executor:
             }
         )
         await self.kill_everything()
+
+
+def serve_source(path: str, cell: int) -> str:
+    """The code the student's kernel runs where test cell ``cell`` stands: serve the grader on socket ``path``
+    (:func:`segutils.grading.remote.student.serve`). Kept here, not beside ``serve``, because the
+    executor must not import the student side's modules: they import PyTorch (1.5 s a job)."""
+    return f"__import__('segutils.grading.remote.student', fromlist=['serve']).serve({path!r}, {int(cell)})"
 
 
 def _processes() -> list[tuple[int, str, int]]:

@@ -1,11 +1,12 @@
 """The student's side of a grading session: answer the grader's requests about the student's names.
 
 The student's executor runs the student's cells in the kernel; where a test cell stands in the
-notebook it runs, instead of the test, ``serve(SOCKET)`` (see :func:`serve_command`): the kernel
-connects to the grader, answers its requests (look up a name, call, get an attribute, run a probe,
-backward through a graph) and returns when the grader says the test cell is done. Everything here
-runs in the student's process and is the student's to change: the grader trusts none of it, and
-decodes what it sends as data only.
+notebook it runs, instead of the test, ``serve(SOCKET)`` (see
+:func:`segutils.grading.execute.serve_source`): the kernel connects to the grader, answers its
+requests (look up a name, call, get an attribute, run a probe, backward through a graph) and
+returns when the grader says the test cell is done. Everything here runs in the student's process
+and is the student's to change: the grader trusts none of it, and decodes what it sends as data
+only.
 """
 
 from __future__ import annotations
@@ -79,8 +80,3 @@ def serve(path: str, cell: int, namespace: dict | None = None) -> None:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.connect(path)
     serve_session(sock, namespace, hello=cell)
-
-
-def serve_command(path: str, cell: int) -> str:
-    """The code the student's executor runs in the kernel where test cell ``cell`` stands."""
-    return f"__import__('segutils.grading.remote.student', fromlist=['serve']).serve({path!r}, {int(cell)})"
