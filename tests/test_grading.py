@@ -346,7 +346,9 @@ def xss_outputs() -> list:
     ]
 
 
-def test_feedback_pages_run_no_student_script_and_keep_the_formatting():
+def feedback_page(nb, exporter_class=None) -> str:
+    """``nb`` as GenerateFeedback's exporter renders it (nbgrader's feedback template, set up as GenerateFeedback
+    does: it renders Markdown cells itself), by ``exporter_class`` (default: what ``configure_feedback`` sets)."""
     import nbgrader
     from nbconvert import HTMLExporter
     from traitlets.config import Config
@@ -354,7 +356,19 @@ def test_feedback_pages_run_no_student_script_and_keep_the_formatting():
     from segutils.grading.sanitize import SanitizeFeedback, configure_feedback
 
     templates = Path(nbgrader.__file__).parent / "server_extensions" / "formgrader"
+    cfg = Config()
+    configure_feedback(cfg)
+    cfg.HTMLExporter.template_name = "feedback"
+    cfg.HTMLExporter.extra_template_basedirs = [str(templates / "templates")]
+    cfg.HTMLExporter.extra_template_paths = [str(templates / "static" / "node_modules" / "bootstrap" / "dist" / "css")]
+    exporter = (exporter_class or cfg.GenerateFeedback.exporter_class)(config=cfg)
+    assert isinstance(exporter, HTMLExporter)
+    exporter.register_preprocessor(SanitizeFeedback(config=cfg), enabled=True)
+    resources = {"nbgrader": {"notebook": "mini", "score": 1.0, "max_score": 1.0, "late_penalty": 0}}
+    return exporter.from_notebook_node(nb, resources=resources)[0]
 
+
+def test_feedback_pages_run_no_student_script_and_keep_the_formatting():
     def page(with_payloads: bool) -> str:
         nb = nbformat.v4.new_notebook(
             cells=[
@@ -362,25 +376,54 @@ def test_feedback_pages_run_no_student_script_and_keep_the_formatting():
                 nbformat.v4.new_code_cell("show()", outputs=xss_outputs() if with_payloads else []),
             ]
         )
-        cfg = Config()
-        configure_feedback(cfg)
-        # nbgrader's feedback template, set up as GenerateFeedback does (it renders Markdown cells itself)
-        cfg.HTMLExporter.template_name = "feedback"
-        cfg.HTMLExporter.extra_template_basedirs = [str(templates / "templates")]
-        cfg.HTMLExporter.extra_template_paths = [
-            str(templates / "static" / "node_modules" / "bootstrap" / "dist" / "css")
-        ]
-        exporter = cfg.GenerateFeedback.exporter_class(config=cfg)
-        assert isinstance(exporter, HTMLExporter)
-        exporter.register_preprocessor(SanitizeFeedback(config=cfg), enabled=True)
-        resources = {"nbgrader": {"notebook": "mini", "score": 1.0, "max_score": 1.0, "late_penalty": 0}}
-        return exporter.from_notebook_node(nb, resources=resources)[0]
+        return feedback_page(nb)
 
     hostile, baseline = page(True), page(False)
     cases.assert_no_student_script(hostile, baseline)
     for kept in ("<strong>bold</strong>", "<b>kept</b>", "<b>kept html</b>", "<em>md output</em>", ">Answer"):
         assert kept in hostile, kept  # the student's formatting is still shown
     assert 'height="20"' in hostile or "height=20" in hostile
+
+
+def test_feedback_pages_skip_the_second_parse_only_where_it_edits_nothing(monkeypatch):
+    """The feedback exporter returns the page HTMLExporter's code would (the same document) without its second
+    parse when the page has no <img> without alt, and lets that code add the alt text when it has."""
+    import nbconvert.exporters.html
+    from bs4 import BeautifulSoup
+    from nbconvert.exporters import HTMLExporter
+
+    from segutils.grading.sanitize import FeedbackExporter
+
+    error = nbformat.v4.new_output("error", ename="AssertionError", evalue="wrong", traceback=["\x1b[31mwrong"])
+    text = nbformat.v4.new_output("stream", name="stdout", text="<img src=x> 1 < 2")
+    plain = nbformat.v4.new_notebook(
+        cells=[
+            nbformat.v4.new_markdown_cell("# Answer\n\n**bold**, `code` and ![a plot](data:image/png;base64,iVBO)"),
+            nbformat.v4.new_code_cell("def f(x):\n    return x < 2", outputs=[text, error]),
+        ]
+    )
+    image = nbformat.v4.new_output("display_data", data={"image/png": "iVBORw0KGgo=", "text/plain": "<Figure>"})
+    with_image = nbformat.v4.new_notebook(cells=[*plain.cells, nbformat.v4.new_code_cell("plot()", outputs=[image])])
+
+    class AlwaysParsed(FeedbackExporter):
+        from_notebook_node = HTMLExporter.from_notebook_node
+
+    parses = []
+
+    class CountedSoup(BeautifulSoup):
+        def __init__(self, *args, **kwargs):
+            parses.append(1)
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(nbconvert.exporters.html, "BeautifulSoup", CountedSoup)
+    fast, reference = feedback_page(plain, FeedbackExporter), feedback_page(plain, AlwaysParsed)
+    assert len(parses) == 1  # HTMLExporter's own parse only
+    assert BeautifulSoup(fast, "html.parser") == BeautifulSoup(reference, "html.parser")
+    assert "wrong" in fast and "1 &lt; 2" in fast and 'alt="a plot"' in fast
+    parses.clear()
+    fallback, reference = feedback_page(with_image, FeedbackExporter), feedback_page(with_image, AlwaysParsed)
+    assert len(parses) == 2 and fallback == reference
+    assert 'alt="No description has been provided for this image"' in fallback
 
 
 # -- sandbox ------------------------------------------------------------------------------------------------

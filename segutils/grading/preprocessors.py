@@ -512,11 +512,14 @@ class SandboxedExecute(Execute):
         if self.sandbox:
             at = student_cmd.index("--chdir")
             student_cmd[at:at] = ["--bind", str(channel_host), SANDBOX_CHANNEL]
-        processes = []
+        # The student's process starts first: its kernel's start-up overlaps the grader's (the slot's first
+        # job waits seconds for the warm grader's imports). It connects to the listener when it reaches a test.
+        student_cgroup = sandbox.PidsCgroup(limits.processes) if self.sandbox else None
+        processes = [_start(student_cmd, staging / "executor.log", popen_env, (student_write,), student_cgroup)]
+        os.close(student_write)
         warm_child = self._warm_grader(grader_spec, listener, grader_write, staging, limits)
         self._warm = warm_child is not None
         grader_cgroup = sandbox.PidsCgroup(limits.processes) if self.sandbox and warm_child is None else None
-        student_cgroup = sandbox.PidsCgroup(limits.processes) if self.sandbox else None
         cgroups = [grader_cgroup, student_cgroup]
         if warm_child is None:
             grader_cmd, grader_env = grader_command(
@@ -533,8 +536,6 @@ class SandboxedExecute(Execute):
             processes.append(_start(grader_cmd, staging / "grader.log", grader_env, pass_fds, grader_cgroup))
         os.close(grader_write)
         listener.close()
-        processes.append(_start(student_cmd, staging / "executor.log", popen_env, (student_write,), student_cgroup))
-        os.close(student_write)
         streams = {grader_read: "grader", student_read: "student"}
         found: dict[str, dict] = {"grader": {}, "student": {}}
         ends: dict[str, dict] = {}
