@@ -108,6 +108,7 @@ def trained_model(
     config: TrainingConfig = TrainingConfig(),
     device: torch.device | str | None = "cpu",
     progress: bool = True,
+    random_upsampling_init: bool = False,
     **model_kwargs: Any,
 ) -> tuple[nn.Module, dict[str, list[float]]]:
     """A model from :func:`segutils.models.build_model` trained with ``config``, from the cache when possible.
@@ -115,15 +116,28 @@ def trained_model(
     Training runs on ``device`` (the CPU by default, so results repeat exactly); the
     returned model is in eval mode on the CPU.
 
+    Args:
+        random_upsampling_init: give every ``nn.ConvTranspose2d`` PyTorch's default (random)
+            initialisation before training, instead of the model's own (FCN's bilinear kernels
+            in ``"fcn"``): the initialisation experiment of chapter 8. ``ValueError`` if the
+            model has no transposed convolution.
+
     Returns:
         ``(model, history)`` where ``history`` is :func:`segutils.train.fit`'s.
     """
-    key = json.dumps(
-        {"name": name, "kwargs": model_kwargs, "config": asdict(config), "source": _source_digest()}, sort_keys=True
-    )
+    fields = {"name": name, "kwargs": model_kwargs, "config": asdict(config), "source": _source_digest()}
+    if random_upsampling_init:  # only when set, so that the keys of every other model stay as they were
+        fields["random_upsampling_init"] = True
+    key = json.dumps(fields, sort_keys=True)
     path = cache_dir() / f"{name}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.pt"
     torch.manual_seed(config.seed)
     model = build_model(name, **model_kwargs)
+    if random_upsampling_init:
+        upsamplers = [m for m in model.modules() if isinstance(m, nn.ConvTranspose2d)]
+        if not upsamplers:
+            raise ValueError(f"random_upsampling_init: {name!r} with {model_kwargs} has no ConvTranspose2d")
+        for upsampler in upsamplers:
+            upsampler.reset_parameters()
     if path.is_file():
         history = load_checkpoint(path, model)["extra"]["history"]
     else:

@@ -152,6 +152,38 @@ RULES["08_encoder_decoder"] += [
     ),
 ]
 
+#: Chapter 8's upsampling study: each alternative against the bilinear-initialised transposed convolutions.
+UPSAMPLING_VARIANTS = ("random", "bilinear", "nearest")
+UPSAMPLING_FINAL_SCORES = ("miou", "edge", "bf")
+
+
+def _upsampling_summary(*diffs_and_spreads: float) -> str:
+    pairs = zip(diffs_and_spreads[::2], diffs_and_spreads[1::2])
+    differing = sum(abs(diff) > spread for diff, spread in pairs)
+    return "None of the three" if differing == 0 else f"{differing} of the nine"
+
+
+RULES["08_encoder_decoder"] += [
+    (
+        f"ch8_up_{variant}_{what}_words",
+        (f"ch8_up_{variant}_diff_{what}", f"ch8_up_{variant}_spread_{what}"),
+        lambda d, s: _beyond(d, s, CH7_THAN),
+    )
+    for variant in UPSAMPLING_VARIANTS
+    for what in (*UPSAMPLING_FINAL_SCORES, "first", "epochs")
+] + [
+    (
+        "ch8_up_summary",
+        tuple(
+            f"ch8_up_{variant}_{kind}_{what}"
+            for variant in UPSAMPLING_VARIANTS
+            for what in UPSAMPLING_FINAL_SCORES
+            for kind in ("diff", "spread")
+        ),
+        _upsampling_summary,
+    )
+]
+
 RULES["05_dilated_convolution"] = [
     (
         "ch5_verdict",

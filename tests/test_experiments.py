@@ -13,7 +13,7 @@ from pathlib import Path
 import nbformat
 import pytest
 import torch
-from glue_claims import RULES, contradictions
+from glue_claims import RULES, UPSAMPLING_FINAL_SCORES, UPSAMPLING_VARIANTS, contradictions
 
 from segutils.data import ShapesDataset
 from segutils.metrics import BoundaryFScore, ConfusionMatrix
@@ -177,7 +177,15 @@ def test_glue_claims_catches_a_sentence_its_numbers_contradict(tmp_path):
         "ch8_pa_span": 0.02,
         "ch8_miou_span": 0.1,
         "ch8_pa_vs_miou_words": "varies less than mIoU: the background",
+        "ch8_up_summary": "None of the three alternatives differs",
     }
+    for variant in UPSAMPLING_VARIANTS:
+        for what in (*UPSAMPLING_FINAL_SCORES, "first", "epochs"):
+            values |= {
+                f"ch8_up_{variant}_{what}_words": "no different, beyond the seed spread, from",
+                f"ch8_up_{variant}_diff_{what}": 0.01,
+                f"ch8_up_{variant}_spread_{what}": 0.02,
+            }
     path = tmp_path / "ch7.ipynb"
     nbformat.write(_notebook_with(values), path)
     assert contradictions("08_encoder_decoder", path) == []
@@ -194,6 +202,14 @@ def test_glue_claims_catches_a_sentence_its_numbers_contradict(tmp_path):
     assert [p for p in contradictions("08_encoder_decoder", path) if "ch8_pa_vs_miou_words" in p]
     nbformat.write(_notebook_with(values | {"ch8_at_cap": 2}), path)
     assert [p for p in contradictions("08_encoder_decoder", path) if "ch8_plateau_words" in p]
+    # An alternative upsampling that scores beyond the seed spread must not be called no different, nor the
+    # summary say that none differs.
+    nbformat.write(_notebook_with(values | {"ch8_up_nearest_diff_bf": -0.05}), path)
+    problems = contradictions("08_encoder_decoder", path)
+    assert sorted(p.split(" = ")[0] for p in problems) == [
+        "08_encoder_decoder: ch8_up_nearest_bf_words",
+        "08_encoder_decoder: ch8_up_summary",
+    ]
     nbformat.write(_notebook_with({"ch9_rho_words": "a larger receptive field tends to go with", "ch9_rho": 0.9}), path)
     assert contradictions("09_putting_it_together", path)
     missing = contradictions("09_putting_it_together", tmp_path / "ch4.ipynb")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from segutils import zoo
@@ -47,6 +48,31 @@ def test_other_arguments_or_code_train_a_new_model(tmp_path, monkeypatch):
     monkeypatch.setattr(zoo, "_source_digest", lambda: "changed code")
     trained_model("plain", TINY, progress=False, channels=4, num_layers=1)
     assert len(list(tmp_path.glob("plain-*.pt"))) == 3
+
+
+def test_random_upsampling_init_replaces_only_the_bilinear_kernels(tmp_path, monkeypatch):
+    from torch import nn
+
+    from segutils.models import bilinear_kernel
+
+    monkeypatch.setenv(zoo.CACHE_ENV_VAR, str(tmp_path))
+    monkeypatch.setattr(zoo, "fit", lambda *args, **kwargs: {"train_loss": []})  # the initial weights are kept
+    bilinear, _ = trained_model("fcn", TINY, progress=False, skips=2)
+    random, _ = trained_model("fcn", TINY, progress=False, skips=2, random_upsampling_init=True)
+    assert len(list(tmp_path.glob("fcn-*.pt"))) == 2  # two cache entries
+    ups = [(a, b) for a, b in zip(bilinear.modules(), random.modules()) if isinstance(a, nn.ConvTranspose2d)]
+    assert len(ups) == 3
+    for a, b in ups:
+        torch.testing.assert_close(a.weight, bilinear_kernel(a.in_channels, a.stride[0]))
+        bound = 1 / (a.out_channels * a.kernel_size[0] * a.kernel_size[1]) ** 0.5  # PyTorch's default (Kaiming)
+        assert b.weight.abs().max() <= bound < a.weight.abs().max() and b.weight.std() > bound / 4
+    others = [(n, p) for n, p in random.named_parameters() if not n.startswith("ups.")]
+    for name, value in others:  # every other layer as the bilinear model has it
+        torch.testing.assert_close(value, dict(bilinear.named_parameters())[name], msg=name)
+    with torch.no_grad():
+        assert not torch.equal(bilinear(torch.rand(1, 3, 16, 16)), random(torch.rand(1, 3, 16, 16)))
+    with pytest.raises(ValueError, match="no ConvTranspose2d"):
+        trained_model("plain", TINY, progress=False, random_upsampling_init=True)
 
 
 def test_loaders_hold_exactly_the_shapes_dataset_samples():
