@@ -349,18 +349,11 @@ def xss_outputs() -> list:
 def feedback_page(nb, exporter_class=None) -> str:
     """``nb`` as GenerateFeedback's exporter renders it (nbgrader's feedback template, set up as GenerateFeedback
     does: it renders Markdown cells itself), by ``exporter_class`` (default: what ``configure_feedback`` sets)."""
-    import nbgrader
     from nbconvert import HTMLExporter
-    from traitlets.config import Config
 
-    from segutils.grading.sanitize import SanitizeFeedback, configure_feedback
+    from segutils.grading.sanitize import SanitizeFeedback, feedback_config
 
-    templates = Path(nbgrader.__file__).parent / "server_extensions" / "formgrader"
-    cfg = Config()
-    configure_feedback(cfg)
-    cfg.HTMLExporter.template_name = "feedback"
-    cfg.HTMLExporter.extra_template_basedirs = [str(templates / "templates")]
-    cfg.HTMLExporter.extra_template_paths = [str(templates / "static" / "node_modules" / "bootstrap" / "dist" / "css")]
+    cfg = feedback_config()
     exporter = (exporter_class or cfg.GenerateFeedback.exporter_class)(config=cfg)
     assert isinstance(exporter, HTMLExporter)
     exporter.register_preprocessor(SanitizeFeedback(config=cfg), enabled=True)
@@ -424,6 +417,63 @@ def test_feedback_pages_skip_the_second_parse_only_where_it_edits_nothing(monkey
     fallback, reference = feedback_page(with_image, FeedbackExporter), feedback_page(with_image, AlwaysParsed)
     assert len(parses) == 2 and fallback == reference
     assert 'alt="No description has been provided for this image"' in fallback
+
+
+def test_feedback_pages_reuse_the_templates_the_job_server_compiled(monkeypatch):
+    """After ``warm_feedback_exporter`` (what the job server runs before it forks the jobs), a new feedback
+    exporter renders the same page without compiling a template; a cold cache renders it too."""
+    import jinja2
+
+    from segutils.grading import sanitize
+
+    error = nbformat.v4.new_output("error", ename="AssertionError", evalue="wrong", traceback=["\x1b[31mwrong"])
+    nb = nbformat.v4.new_notebook(
+        cells=[
+            nbformat.v4.new_markdown_cell("# Answer\n\n**bold** and `code`"),
+            nbformat.v4.new_code_cell("def f(x):\n    return x < 2", outputs=[error]),
+        ]
+    )
+    monkeypatch.setattr(sanitize, "TEMPLATE_BYTECODE", sanitize.TemplateBytecode())
+    compiled = []
+    compile_template = jinja2.Environment.compile
+    monkeypatch.setattr(
+        jinja2.Environment, "compile", lambda self, *a, **kw: compiled.append(1) or compile_template(self, *a, **kw)
+    )
+    cold = feedback_page(nb)
+    assert compiled and sanitize.TEMPLATE_BYTECODE.compiled  # positive control: a cold cache compiles
+    monkeypatch.setattr(sanitize, "TEMPLATE_BYTECODE", sanitize.TemplateBytecode())
+    sanitize.warm_feedback_exporter()
+    compiled.clear()
+    assert feedback_page(nb) == cold and not compiled
+
+
+def test_the_metadata_check_gives_nbgraders_verdicts_with_its_schema_checked_once():
+    import jsonschema
+    from nbgrader.nbgraderformat import common
+    from nbgrader.preprocessors import CheckCellMetadata
+
+    from segutils.grading.preprocessors import CheckCellMetadataOnce
+
+    source = next((cases.MINI_COURSE / "solutions" / cases.ASSIGNMENT).glob("*.ipynb"))
+
+    def notebook(**changes) -> nbformat.NotebookNode:
+        nb = nbformat.read(source, as_version=4)
+        cases.cell(nb, "test_square").metadata.nbgrader.update(changes)
+        return nb
+
+    def verdict(checker, nb) -> str:
+        try:
+            checker().preprocess(nb, {})
+        except Exception as error:  # noqa: BLE001 - the verdict is the error's type and message
+            return f"{type(error).__name__}: {error}"
+        return "valid"
+
+    cases_ = [notebook(), notebook(points="two"), notebook(grade_id=""), notebook(locked=3), notebook(schema_version=9)]
+    cases_.append(notebook(grade_id="test_double"))  # a duplicate id
+    verdicts = [verdict(CheckCellMetadataOnce, nb) for nb in cases_]
+    assert verdicts == [verdict(CheckCellMetadata, nb) for nb in cases_]
+    assert verdicts[0] == "valid" and sum(v != "valid" for v in verdicts) >= 4
+    assert common.jsonschema is jsonschema  # nbgrader's own module is back
 
 
 # -- sandbox ------------------------------------------------------------------------------------------------

@@ -80,6 +80,33 @@ def _notes(records: list[dict]) -> list[str]:
     return ends[0]["notes"]
 
 
+def test_the_warm_grader_preloads_what_the_assignments_test_cells_import():
+    cells = [
+        {"source": "import math\nfrom segutils.data import ShapesDataset"},
+        {"source": "%matplotlib inline\nimport matplotlib.pyplot as plt, torch\nfrom . import local"},
+    ]
+    modules = warm.preloaded_modules(cells)
+    assert modules[: len(warm.PRELOAD)] == list(warm.PRELOAD)
+    assert modules[len(warm.PRELOAD) :] == ["math", "segutils.data", "matplotlib.pyplot"]  # torch listed once
+
+
+def test_the_warm_grader_imports_the_requested_modules_before_it_forks(tmp_path):
+    """A module the request names is in the forked grader's ``sys.modules`` before its cell imports it, and
+    one it does not name is not (the positive control that the first check can fail)."""
+    check = "import sys\nassert 'xml.dom.minidom' in sys.modules, 'not preloaded'"
+    graders = WarmGraders()
+    try:
+        path = graders.socket_for({**_request(False), "preload": [*warm.PRELOAD, "xml.dom.minidom"]})
+        records, _ = _grade(path, _spec(check), tmp_path)
+        assert _notes(records) == []
+        path = graders.socket_for(_request(False))
+        records, _ = _grade(path, _spec(check), tmp_path)
+        assert any("not preloaded" in note for note in _notes(records)), _notes(records)
+        assert graders.started == 2
+    finally:
+        graders.close()
+
+
 @pytest.mark.parametrize("sandboxed", MODES)
 def test_each_submission_gets_a_fresh_fork_of_the_preloaded_grader(sandboxed, tmp_path):
     graders = WarmGraders()

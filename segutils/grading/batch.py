@@ -17,6 +17,7 @@ from __future__ import annotations
 import datetime
 import os
 import sys
+import threading
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -244,7 +245,7 @@ def _grade_with(
     from nbgrader.api import Gradebook, MissingEntry
 
     from segutils.grading import importer
-    from segutils.grading.report import write_report
+    from segutils.grading.report import prepare_report, write_report
 
     config_file = course / "nbgrader_config.py"
     _ensure_assignment(course, cfg, db_url, options.assignment, layout)
@@ -336,6 +337,7 @@ def _grade_with(
     bar = _progress(len(jobs), options.progress)
     counts = {"done": 0, "failed": 0}
     cuda_seen = False
+    workers = getattr(pool, "workers", 1)
 
     def on_result(result: GradingResult) -> None:
         nonlocal cuda_seen
@@ -346,7 +348,10 @@ def _grade_with(
         )
         counts["failed" if result.status == "failed" else "done"] += 1
         bar.update(1)
-        bar.set_postfix(done=counts["done"], failed=counts["failed"], remaining=len(jobs) - sum(counts.values()))
+        remaining = len(jobs) - sum(counts.values())
+        bar.set_postfix(done=counts["done"], failed=counts["failed"], remaining=remaining)
+        if remaining == workers - 1:  # from now on a slot is idle: the report's imports can use it
+            threading.Thread(target=prepare_report, name="prepare-report", daemon=True).start()
 
     try:
         if jobs:
@@ -355,6 +360,7 @@ def _grade_with(
         summary.interrupted = True
     finally:
         bar.close()
+        pool.close()  # idempotent; the workers' processes end while the report is written
 
     summary.csv = _export_csv(course, db_url, layout)
     results = [s for s in (state.load_state(course, options.assignment, st) for st in imported.students) if s]

@@ -37,12 +37,18 @@ from pathlib import Path
 
 def preload() -> None:
     """Import what every job needs (the server runs under ``bootstrap_command``, which already keeps
-    jsonschema's ``rfc3987_syntax`` plug-in out)."""
+    jsonschema's ``rfc3987_syntax`` plug-in out) and compile the feedback page's templates once."""
     import nbgrader.converters  # noqa: F401
     import nbgrader.plugins.export  # noqa: F401
 
     import segutils.grading.preprocessors  # noqa: F401
     import segutils.grading.runner  # noqa: F401
+    from segutils.grading.sanitize import warm_feedback_exporter
+
+    try:
+        warm_feedback_exporter()
+    except Exception:  # a cold cache costs time, not correctness: each job then compiles for itself
+        traceback.print_exc()
 
 
 def die_with_parent() -> None:
@@ -96,7 +102,7 @@ class WarmGraders:
             listener.listen(16)
             command, env = grader_command(
                 str(request["python"]),
-                ["--warm-grader", "--listen-fd", str(listener.fileno())],
+                ["--warm-grader", "--listen-fd", str(listener.fileno()), *_preload_arguments(request)],
                 sandboxed=bool(request["sandboxed"]),
                 input_dir=self.folder / "input",
                 scratch=self.folder,
@@ -133,6 +139,14 @@ class WarmGraders:
     def close(self) -> None:
         self.stop()
         shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def _preload_arguments(request: dict) -> list[str]:
+    """``--preload`` for the modules the request names (none named: the warm grader's default list)."""
+    modules = request.get("preload")
+    if not isinstance(modules, list) or not modules:
+        return []
+    return ["--preload", ",".join(str(name) for name in modules)]
 
 
 def _serve(pid: int, broker: socket.socket, warm_graders: WarmGraders) -> int:

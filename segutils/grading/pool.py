@@ -205,14 +205,21 @@ class JobServer:
         return f"the job server stopped (exit status {self.process.returncode}{f'; {error}' if error else ''}): {tail}"
 
     def close(self) -> None:
+        self.end_input()
         try:
-            self.process.stdin.close()
             self.process.wait(timeout=10)
-        except (OSError, subprocess.TimeoutExpired):
+        except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
         self.process.stdout.close()
         self._stderr.close()
+
+    def end_input(self) -> None:
+        """Close the server's stdin: it stops its warm grader and exits once its job (if any) has ended."""
+        try:
+            self.process.stdin.close()
+        except OSError:
+            pass
 
 
 class LocalPool:
@@ -273,7 +280,9 @@ class LocalPool:
             executor.shutdown(wait=True, cancel_futures=True)
 
     def close(self) -> None:
-        """End the job servers (idempotent)."""
+        """End the job servers (idempotent), all at once."""
+        for server in self._servers.values():
+            server.end_input()
         while self._servers:
             _, server = self._servers.popitem()
             server.close()

@@ -100,10 +100,17 @@ def _figure_html(fig) -> str:
     return f'<img alt="{html.escape(title)}" src="data:image/png;base64,{data}"/>'
 
 
-def _plots(summary: dict) -> dict[str, str]:
+def prepare_report() -> None:
+    """Import what :func:`write_report` draws with (matplotlib, about 0.5 s), ahead of the report: the batch
+    calls it in a thread once the last jobs run and a worker slot is idle."""
     import matplotlib
 
     matplotlib.use("Agg")
+    import matplotlib.pyplot  # noqa: F401
+
+
+def _plots(summary: dict) -> dict[str, str]:
+    prepare_report()
     import matplotlib.pyplot as plt
 
     plots = {}

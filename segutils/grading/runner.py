@@ -185,7 +185,12 @@ def nbgrader_config(
         OverwriteKernelspec,
     )
 
-    from segutils.grading.preprocessors import RedactHiddenTests, RestoreStructure, SandboxedExecute
+    from segutils.grading.preprocessors import (
+        CheckCellMetadataOnce,
+        RedactHiddenTests,
+        RestoreStructure,
+        SandboxedExecute,
+    )
     from segutils.grading.sanitize import configure_feedback
 
     cfg = load_course_config(config_file)
@@ -201,13 +206,17 @@ def nbgrader_config(
     if RestoreStructure not in sanitize:
         at = sanitize.index(OverwriteCells) if OverwriteCells in sanitize else len(sanitize)
         sanitize.insert(at, RestoreStructure)
-    cfg.Autograde.sanitize_preprocessors = sanitize
     autograde = list(cfg.Autograde.get("autograde_preprocessors", [])) or list(
         Autograde.class_traits()["autograde_preprocessors"].default()
     )
-    cfg.Autograde.autograde_preprocessors = [
-        SandboxedExecute if pp in (Execute, "nbgrader.preprocessors.Execute") else pp for pp in autograde
-    ]
+    substitutes = {
+        Execute: SandboxedExecute,
+        "nbgrader.preprocessors.Execute": SandboxedExecute,
+        CheckCellMetadata: CheckCellMetadataOnce,
+        "nbgrader.preprocessors.CheckCellMetadata": CheckCellMetadataOnce,
+    }
+    cfg.Autograde.sanitize_preprocessors = [substitutes.get(pp, pp) for pp in sanitize]
+    cfg.Autograde.autograde_preprocessors = [substitutes.get(pp, pp) for pp in autograde]
     cfg.OverwriteCells.add_missing_cells = False  # RestoreStructure does it, robustly
     cfg.RestoreStructure.cell_order = cell_order
     cfg.RestoreStructure.release_sources = release_sources

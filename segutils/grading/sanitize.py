@@ -23,7 +23,8 @@ import re
 from typing import Any
 
 import nh3
-from jinja2 import pass_context
+from jinja2 import BytecodeCache, pass_context
+from jinja2.bccache import Bucket
 from nbconvert.exporters import HTMLExporter, TemplateExporter
 from nbconvert.filters.highlight import Highlight2HTML
 from nbconvert.filters.widgetsdatatypefilter import WidgetsDataTypeFilter
@@ -134,6 +135,31 @@ class SanitizeFeedback(Preprocessor):
         return cell, resources
 
 
+class TemplateBytecode(BytecodeCache):
+    """Jinja's compiled templates kept in this process's memory, shared by every :class:`FeedbackExporter`.
+
+    Each nbconvert exporter builds its own Jinja environment, so every graded notebook compiled the
+    feedback templates again (about 0.2 s). The grading job server fills this cache before it forks
+    the jobs (:func:`warm_feedback_exporter`); each job then loads the compiled code. Jinja keys a
+    bucket by template name and file and checks the source's checksum, so an edited template is
+    compiled again rather than served stale.
+    """
+
+    def __init__(self) -> None:
+        self.compiled: dict[str, bytes] = {}
+
+    def load_bytecode(self, bucket: Bucket) -> None:
+        if bucket.key in self.compiled:
+            bucket.bytecode_from_string(self.compiled[bucket.key])
+
+    def dump_bytecode(self, bucket: Bucket) -> None:
+        self.compiled[bucket.key] = bucket.bytecode_to_string()
+
+
+#: The process's :class:`TemplateBytecode`.
+TEMPLATE_BYTECODE = TemplateBytecode()
+
+
 class FeedbackExporter(HTMLExporter):
     """nbconvert's HTML exporter that never lets a notebook's HTML run: ``sanitize_html`` on, and every
     Markdown text (cells, outputs, comments) cleaned by :func:`clean_html` as it is rendered."""
@@ -145,6 +171,11 @@ class FeedbackExporter(HTMLExporter):
     @pass_context
     def markdown2html(self, context, source):
         return clean_html(HTMLExporter.markdown2html(self, context, source))
+
+    def _create_environment(self):
+        environment = super()._create_environment()
+        environment.bytecode_cache = TEMPLATE_BYTECODE
+        return environment
 
     def default_filters(self):
         for name, value in super().default_filters():
@@ -173,6 +204,39 @@ class FeedbackExporter(HTMLExporter):
         if _REPARSE_EDITS.search(html):
             return HTMLExporter.from_notebook_node(self, nb, original, **kw)
         return html, resources
+
+
+def feedback_config() -> Any:
+    """A traitlets ``Config`` with :func:`configure_feedback`'s settings and the template set-up nbgrader's
+    ``GenerateFeedback`` adds (its ``feedback`` template, template folder and Bootstrap stylesheet)."""
+    from pathlib import Path
+
+    from nbgrader import converters
+    from traitlets.config import Config
+
+    config = Config()
+    configure_feedback(config)
+    formgrader = Path(converters.__file__).parent.parent / "server_extensions" / "formgrader"
+    config.HTMLExporter.template_name = "feedback"
+    config.HTMLExporter.extra_template_basedirs = [str(formgrader / "templates")]
+    config.HTMLExporter.extra_template_paths = [
+        str(formgrader / "static" / "node_modules" / "bootstrap" / "dist" / "css")
+    ]
+    return config
+
+
+def warm_feedback_exporter() -> None:
+    """Render a small notebook as ``GenerateFeedback`` renders feedback (:func:`feedback_config`), so that
+    this process holds the compiled templates (:data:`TEMPLATE_BYTECODE`), the Python lexer's compiled
+    rules and the Markdown parser that every forked grading job would otherwise build for itself."""
+    import nbformat
+
+    nb = nbformat.v4.new_notebook(
+        cells=[nbformat.v4.new_markdown_cell("# Title\n\nSome *text*."), nbformat.v4.new_code_cell("x = 1  # one")],
+        metadata={"language_info": {"name": "python", "pygments_lexer": "ipython3"}},
+    )
+    resources = {"nbgrader": {"notebook": "warm", "score": 0.0, "max_score": 1.0, "late_penalty": 0.0}}
+    FeedbackExporter(config=feedback_config()).from_notebook_node(nb, resources)
 
 
 def configure_feedback(cfg: Any) -> None:

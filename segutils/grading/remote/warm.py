@@ -28,6 +28,7 @@ import argparse
 import importlib
 import json
 import os
+import re
 import select
 import signal
 import socket
@@ -36,21 +37,35 @@ from dataclasses import dataclass
 
 from segutils.grading.jobserver import die_with_parent, kill_process_group
 
-#: Modules imported once by the warm grader: what every grader imports, and the test cells' usual imports.
+#: Modules every warm grader imports once: what every grader needs and what test cells almost always use. The
+#: modules the assignment's own test cells import come on top (:func:`preloaded_modules`); a module neither
+#: list names (``torchvision``, ``matplotlib.pyplot``: about 2 s together) is imported by the child that needs it.
 PRELOAD = (
     "torch",
     "torch.nn.functional",
+    "torch.fx.experimental.symbolic_shapes",  # torch.autograd.grad imports it (and SymPy) at its first call
     "numpy",
     "IPython.core.interactiveshell",
     "IPython.utils.capture",
-    "matplotlib.pyplot",
+    "stack_data",  # IPython's tracebacks of failed tests
     "segutils",
     "segutils.testing",
-    "segutils.data",
     "segutils.metrics",
     "segutils.grading.remote.grader",
     "segutils.grading.remote.probes",
 )
+_MODULE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
+
+
+def preloaded_modules(cells: list[dict]) -> list[str]:
+    """What a warm grader for ``cells`` (the grader's cells, ``{"source": ...}``) imports: :data:`PRELOAD`
+    and every module the cells import, in that order, each once."""
+    from segutils.grading.preprocessors import imports_of
+
+    imported = [module for cell in cells for module in imports_of(cell["source"])[0]]
+    return list(dict.fromkeys([*PRELOAD, *imported]))
+
+
 #: Seconds a job waits for the warm grader to take its submission (it may still be importing) before it
 #: starts a fresh grader process instead.
 ANSWER_SECONDS = 60.0
@@ -63,7 +78,8 @@ BROKER: socket.socket | None = None
 def request(sandbox_request: dict) -> str | None:
     """The socket path of this slot's warm grader for ``sandbox_request``, or ``None`` (no job server, or it
     could not start one). ``sandbox_request`` is what :func:`segutils.grading.preprocessors.grader_command`
-    needs: ``python``, ``sandboxed``, ``limits`` (a dict) and ``gpu`` (a dict or ``None``)."""
+    needs: ``python``, ``sandboxed``, ``limits`` (a dict) and ``gpu`` (a dict or ``None``), and ``preload``, the
+    modules to import once (:func:`preloaded_modules`)."""
     if BROKER is None:
         return None
     try:
@@ -123,12 +139,14 @@ def start(socket_path: str, spec: dict, listen_fd: int, result_fd: int, log_fd: 
 
 
 # -- the warm grader's side ----------------------------------------------------------------------
-def preload() -> None:
-    """Import :data:`PRELOAD` (what fails to import is left to the child, which reports it as usual)."""
+def preload(modules: list[str]) -> None:
+    """Import ``modules`` (what fails to import is left to the child, which reports it as usual)."""
     from segutils.grading.remote.grader import _real_segutils
 
     _real_segutils()
-    for name in PRELOAD:
+    for name in modules:
+        if not _MODULE_NAME.fullmatch(name):
+            continue
         try:
             importlib.import_module(name)
         except Exception:  # noqa: BLE001, S112 - an optional module; the test cells import what they need
@@ -223,6 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warm-grader", action="store_true")
     parser.add_argument("--listen-fd", type=int, required=True, help="the listening Unix socket jobs connect to")
     parser.add_argument("--sandboxed", action="store_true")
+    parser.add_argument("--preload", default=",".join(PRELOAD), help="comma-separated modules to import once")
     args = parser.parse_args(argv)
     from segutils.grading.sandbox import make_undumpable
 
@@ -230,6 +249,6 @@ def main(argv: list[str] | None = None) -> int:
     if not args.sandboxed:
         die_with_parent()
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
-    preload()
+    preload([name for name in args.preload.split(",") if name])
     serve_forever(socket.socket(fileno=args.listen_fd), args.sandboxed)
     return 0
