@@ -28,6 +28,9 @@ from segutils.train import fit, load_checkpoint, save_checkpoint
 
 CACHE_ENV_VAR = "SEGUTILS_CACHE"
 _SOURCES = ("data", "models", "train.py", "metrics.py")
+#: CPU threads every training run uses, whatever the machine has. Float sums are split between threads, so
+#: weights trained with another thread count differ in the last bits, and after many steps visibly.
+TRAINING_THREADS = 2
 
 
 @dataclass(frozen=True)
@@ -45,6 +48,9 @@ class TrainingConfig:
     outline_detail: float = 0.0
     #: ``fit(patience=...)``: train to a plateau of the validation loss, ``epochs`` being the cap (None: fixed epochs).
     patience: int | None = None
+    #: Added to the red channel of every object pixel by :func:`tint_objects`, a cue that a few pixels show, so
+    #: that shallow features can tell object from background (0 for none, the scenes as rendered).
+    object_tint: float = 0.0
 
 
 def cache_dir() -> Path:
@@ -82,9 +88,25 @@ def _source_digest() -> str:
     return digest.hexdigest()
 
 
+def tint_objects(images: Tensor, objects: Tensor, amount: float) -> Tensor:
+    """``images`` ``(N, 3, H, W)`` in ``[0, 1]`` with ``amount`` added to the red channel where ``objects``
+    ``(N, H, W)`` (bool) is true, clipped to ``[0, 1]``; a new tensor."""
+    if images.dim() != 4 or images.shape[1] != 3 or objects.shape != images.shape[:1] + images.shape[2:]:
+        raise ValueError(
+            f"expected images (N, 3, H, W) and objects (N, H, W), got {tuple(images.shape)} and {tuple(objects.shape)}"
+        )
+    red = torch.zeros_like(images)
+    red[:, 0] = amount * objects.to(images.dtype)
+    return (images + red).clamp(0.0, 1.0)
+
+
 @functools.lru_cache(maxsize=4)
-def rendered(split: str, size: int, image_size: int, seed: int, outline_detail: float = 0.0) -> tuple[Tensor, Tensor]:
-    """All samples of a :class:`~segutils.data.ShapesDataset`, rendered once per process and kept in memory.
+def rendered(
+    split: str, size: int, image_size: int, seed: int, outline_detail: float = 0.0, object_tint: float = 0.0
+) -> tuple[Tensor, Tensor]:
+    """All samples of a :class:`~segutils.data.ShapesDataset`, rendered once per process and kept in memory,
+    the objects tinted by ``object_tint`` (:func:`tint_objects`; an object pixel is one whose majority label
+    is an object).
 
     Several models trained in one process (``book/_ext/warm_models.py``) share one rendering
     instead of drawing every image again in every epoch.
@@ -92,14 +114,19 @@ def rendered(split: str, size: int, image_size: int, seed: int, outline_detail: 
     Returns:
         ``(images (N, 3, H, W), masks (N, H, W))``; do not modify them in place.
     """
-    dataset = ShapesDataset(split, size=size, image_size=image_size, seed=seed, outline_detail=outline_detail)
-    return dataset.batch(range(size))
+    options = dict(size=size, image_size=image_size, seed=seed, outline_detail=outline_detail)
+    images, masks = ShapesDataset(split, **options).batch(range(size))
+    if object_tint:
+        objects = ShapesDataset(split, ignore_boundary=False, **options).batch(range(size))[1] != 0
+        images = tint_objects(images, objects, object_tint)
+    return images, masks
 
 
 def loaders(config: TrainingConfig) -> tuple[DataLoader, DataLoader]:
     """Train and validation loaders of ShapesDataset as ``config`` describes (rendered in memory)."""
-    train = TensorDataset(*rendered("train", config.train_size, config.image_size, config.seed, config.outline_detail))
-    val = TensorDataset(*rendered("val", config.val_size, config.image_size, config.seed, config.outline_detail))
+    look = (config.image_size, config.seed, config.outline_detail, config.object_tint)
+    train = TensorDataset(*rendered("train", config.train_size, *look))
+    val = TensorDataset(*rendered("val", config.val_size, *look))
     return DataLoader(train, batch_size=config.batch_size, shuffle=True), DataLoader(val, batch_size=64)
 
 
@@ -113,8 +140,9 @@ def trained_model(
 ) -> tuple[nn.Module, dict[str, list[float]]]:
     """A model from :func:`segutils.models.build_model` trained with ``config``, from the cache when possible.
 
-    Training runs on ``device`` (the CPU by default, so results repeat exactly); the
-    returned model is in eval mode on the CPU.
+    Training runs on ``device`` (the CPU by default) with :data:`TRAINING_THREADS` threads, so that
+    a configuration gives the same weights in every process (a notebook, a test worker) on the same
+    kind of CPU and PyTorch build; the returned model is in eval mode on the CPU.
 
     Args:
         random_upsampling_init: give every ``nn.ConvTranspose2d`` PyTorch's default (random)
@@ -125,7 +153,10 @@ def trained_model(
     Returns:
         ``(model, history)`` where ``history`` is :func:`segutils.train.fit`'s.
     """
-    fields = {"name": name, "kwargs": model_kwargs, "config": asdict(config), "source": _source_digest()}
+    config_fields = asdict(config)
+    if not config.object_tint:  # keyed only when set, so that the keys of untinted models stay as they were
+        del config_fields["object_tint"]
+    fields = {"name": name, "kwargs": model_kwargs, "config": config_fields, "source": _source_digest()}
     if random_upsampling_init:  # only when set, so that the keys of every other model stay as they were
         fields["random_upsampling_init"] = True
     key = json.dumps(fields, sort_keys=True)
@@ -142,17 +173,22 @@ def trained_model(
         history = load_checkpoint(path, model)["extra"]["history"]
     else:
         train_loader, val_loader = loaders(config)
-        history = fit(
-            model,
-            train_loader,
-            val_loader,
-            epochs=config.epochs,
-            lr=config.lr,
-            device=device,
-            seed=config.seed,
-            patience=config.patience,
-            progress=progress,
-        )
+        threads = torch.get_num_threads()
+        torch.set_num_threads(TRAINING_THREADS)
+        try:
+            history = fit(
+                model,
+                train_loader,
+                val_loader,
+                epochs=config.epochs,
+                lr=config.lr,
+                device=device,
+                seed=config.seed,
+                patience=config.patience,
+                progress=progress,
+            )
+        finally:
+            torch.set_num_threads(threads)
         model.cpu()
         tmp = path.with_suffix(".tmp")
         save_checkpoint(tmp, model, history=history, name=name)

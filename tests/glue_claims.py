@@ -245,3 +245,29 @@ RULES["09_putting_it_together"] += [
         lambda cheapest, best: "is also the most accurate" if cheapest == best else "spends",
     ),
 ]
+
+
+def _than(diff: float, spread: float) -> str:
+    return _beyond(diff, spread, CH7_THAN)
+
+
+#: Chapter 8's test of its explanation: the skips with tinted objects, and the conclusion drawn from both studies.
+RULES["08_encoder_decoder"] += [
+    ("ch8_tint_bf_words", ("ch8_tint_diff_bf", "ch8_tint_spread_bf"), _than),
+    *[
+        (f"ch8_tint_{key}_bf_words", (f"ch8_tint_{key}_diff_bf", f"ch8_tint_{key}_spread_bf"), _than)
+        for key in ("skip1", "skip2", "unet")
+    ],
+    (
+        "ch8_tint_conclusion",
+        (
+            "ch8_tint_diff_bf",
+            "ch8_tint_spread_bf",
+            "ch8_skip_diff_object_boundary_F",
+            "ch8_skip_spread_object_boundary_F",
+        ),
+        lambda d, s, untinted_d, untinted_s: (
+            "So the explanation holds" if d > s and not untinted_d > untinted_s else "The cue does not"
+        ),
+    ),
+]

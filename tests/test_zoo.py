@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -38,6 +40,41 @@ def test_trained_model_is_cached_and_reused(tmp_path, monkeypatch):
     for (name, a), (_, b) in zip(first.state_dict().items(), second.state_dict().items()):
         torch.testing.assert_close(a, b, msg=f"cached weights differ in {name}")
     assert not second.training
+
+
+def test_training_uses_the_same_thread_count_in_every_process(tmp_path, monkeypatch):
+    monkeypatch.setenv(zoo.CACHE_ENV_VAR, str(tmp_path))
+    seen = []
+    monkeypatch.setattr(zoo, "fit", lambda *args, **kwargs: seen.append(torch.get_num_threads()) or {})
+    caller = torch.get_num_threads()
+    other = 1 if zoo.TRAINING_THREADS != 1 else 3  # the caller's count differs, so the check can fail
+    torch.set_num_threads(other)
+    try:
+        trained_model("plain", TINY, progress=False, channels=4, num_layers=1)
+        assert seen == [zoo.TRAINING_THREADS]
+        assert torch.get_num_threads() == other  # the caller's setting is back
+    finally:
+        torch.set_num_threads(caller)
+
+
+def test_tint_objects_adds_to_the_red_channel_of_object_pixels_only():
+    images = torch.full((1, 3, 2, 2), 0.5)
+    images[0, 0, 1, 1] = 0.9
+    objects = torch.tensor([[[True, False], [False, True]]])
+    tinted = zoo.tint_objects(images, objects, 0.25)
+    assert tinted[0, 0].tolist() == [[0.75, 0.5], [0.5, 1.0]]  # 0.9 + 0.25 clipped to 1
+    assert torch.equal(tinted[:, 1:], images[:, 1:]) and images[0, 0, 0, 0] == 0.5  # green, blue, input untouched
+    with pytest.raises(ValueError, match=r"objects \(N, H, W\)"):
+        zoo.tint_objects(images, objects[0], 0.25)
+
+
+def test_a_tinted_configuration_trains_its_own_model(tmp_path, monkeypatch):
+    monkeypatch.setenv(zoo.CACHE_ENV_VAR, str(tmp_path))
+    monkeypatch.setattr(zoo, "fit", lambda *args, **kwargs: {})
+    trained_model("plain", TINY, progress=False, channels=4, num_layers=1)
+    trained_model("plain", replace(TINY, object_tint=0.3), progress=False, channels=4, num_layers=1)
+    assert len(list(tmp_path.glob("plain-*.pt"))) == 2
+    assert not torch.equal(zoo.rendered("train", 8, 16, 0, 0.0, 0.3)[0], zoo.rendered("train", 8, 16, 0, 0.0, 0.0)[0])
 
 
 def test_other_arguments_or_code_train_a_new_model(tmp_path, monkeypatch):
@@ -110,3 +147,25 @@ def test_warm_models_finds_literal_calls_configs_and_seed_loops():
     )
     assert sorted(map(repr, calls)) == sorted(map(repr, expected))
     assert warm.literal_calls("%timeit x\n") == []
+    # A configuration named once and varied with dataclasses.replace, in the cell or an earlier one.
+    earlier = "study = TrainingConfig(image_size=32, epochs=30)\n"
+    later = (
+        "for seed in (0, 1):\n"
+        "    trained_model('fcn', replace(study, seed=seed), skips=0)\n"
+        "tinted = replace(study, object_tint=0.25)\n"
+        "trained_model('fcn', replace(tinted, seed=2), skips=2)\n"
+        "study = replace(study, seed=9)\n"  # a second assignment: study is no longer one configuration here
+    )
+    base = {"image_size": 32, "epochs": 30}
+    found = warm.literal_calls(later, warm.config_assignments(earlier))
+    assert sorted(map(repr, found)) == sorted(
+        map(
+            repr,
+            [
+                ("fcn", {"skips": 0, "__config__": {**base, "seed": 0}}),
+                ("fcn", {"skips": 0, "__config__": {**base, "seed": 1}}),
+                ("fcn", {"skips": 2, "__config__": {**base, "object_tint": 0.25, "seed": 2}}),
+            ],
+        )
+    )
+    assert warm.literal_calls("trained_model('fcn', replace(unknown, seed=1))\n") == []

@@ -12,7 +12,8 @@ The training configuration may be given as ``TrainingConfig(<keyword>=<literal>,
 a name bound by an enclosing ``for`` loop or comprehension over a literal tuple or list (for
 example ``for seed in (0, 1, 2)``) counts as each of its values, so that the runs of a
 seed study are found too; so does a name assigned once, ``study = TrainingConfig(...)``, in
-the cell or an earlier one (evaluated with the loop values of the call that uses it). Calls
+the cell or an earlier one (evaluated with the loop values of the call that uses it), and
+``replace(study, <keyword>=<literal>, ...)`` of such a configuration, inline or assigned once. Calls
 with other computed arguments are left to their cells. A model already cached costs nothing,
 so a warm build spends well under a second here.
 
@@ -60,21 +61,29 @@ def _loop_bindings(tree: ast.AST) -> dict[ast.AST, list[tuple[str, list[Any]]]]:
     return bindings
 
 
+def _called(node: ast.AST) -> str | None:
+    return getattr(node.func, "id", getattr(node.func, "attr", None)) if isinstance(node, ast.Call) else None
+
+
 def _is_config(node: ast.AST) -> bool:
-    return isinstance(node, ast.Call) and getattr(node.func, "id", getattr(node.func, "attr", None)) == "TrainingConfig"
+    """``TrainingConfig(...)``, or ``replace(<config>, ...)`` (``dataclasses.replace`` of one)."""
+    return _called(node) == "TrainingConfig" or (_called(node) == "replace" and len(node.args) == 1)
 
 
 def _value(node: ast.AST, names: dict[str, Any], configs: dict[str, ast.AST] | None = None) -> Any:
-    """A literal, a bound loop name, ``TrainingConfig(<keyword>=<value>, ...)`` (as a dict), or a
-    name assigned such a ``TrainingConfig`` in the same source (``configs``: name -> call)."""
+    """A literal, a bound loop name, ``TrainingConfig(<keyword>=<value>, ...)`` or ``replace(<config>,
+    <keyword>=<value>, ...)`` (as a dict), or a name assigned such a configuration (``configs``: name -> call)."""
     if isinstance(node, ast.Name) and node.id in names:
         return names[node.id]
     if isinstance(node, ast.Name) and configs and node.id in configs:
-        return _value(configs[node.id], names)
+        return _value(configs[node.id], names, {k: v for k, v in configs.items() if k != node.id})
     if _is_config(node):
-        if node.args or any(kw.arg is None for kw in node.keywords):
+        if any(kw.arg is None for kw in node.keywords) or (_called(node) == "TrainingConfig" and node.args):
             raise _NotLiteral
-        return {"__config__": {kw.arg: _value(kw.value, names) for kw in node.keywords}}
+        base = _value(node.args[0], names, configs) if node.args else {"__config__": {}}
+        if not (isinstance(base, dict) and "__config__" in base):
+            raise _NotLiteral
+        return {"__config__": {**base["__config__"], **{kw.arg: _value(kw.value, names) for kw in node.keywords}}}
     try:
         return ast.literal_eval(node)
     except (ValueError, TypeError, SyntaxError):
@@ -82,7 +91,8 @@ def _value(node: ast.AST, names: dict[str, Any], configs: dict[str, ast.AST] | N
 
 
 def config_assignments(source: str) -> dict[str, ast.AST]:
-    """``{name: TrainingConfig call}`` for every name assigned exactly once a ``TrainingConfig(...)`` in ``source``."""
+    """``{name: call}`` for every name assigned exactly once a configuration (``TrainingConfig(...)`` or
+    ``replace(<another name>, ...)``) in ``source``."""
     try:
         tree = ast.parse(source)
     except SyntaxError:
@@ -94,6 +104,7 @@ def config_assignments(source: str) -> dict[str, ast.AST]:
         and len(n.targets) == 1
         and isinstance(n.targets[0], ast.Name)
         and _is_config(n.value)
+        and not any(isinstance(a, ast.Name) and a.id == n.targets[0].id for a in n.value.args)  # x = replace(x, ...)
     ]
     names = [name for name, _ in assigned]
     return {name: value for name, value in assigned if names.count(name) == 1}
