@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from filelock import FileLock
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -169,28 +170,39 @@ def trained_model(
             raise ValueError(f"random_upsampling_init: {name!r} with {model_kwargs} has no ConvTranspose2d")
         for upsampler in upsamplers:
             upsampler.reset_parameters()
-    if path.is_file():
-        history = load_checkpoint(path, model)["extra"]["history"]
-    else:
-        train_loader, val_loader = loaders(config)
-        threads = torch.get_num_threads()
-        torch.set_num_threads(TRAINING_THREADS)
-        try:
-            history = fit(
-                model,
-                train_loader,
-                val_loader,
-                epochs=config.epochs,
-                lr=config.lr,
-                device=device,
-                seed=config.seed,
-                patience=config.patience,
-                progress=progress,
-            )
-        finally:
-            torch.set_num_threads(threads)
-        model.cpu()
-        tmp = path.with_suffix(".tmp")
-        save_checkpoint(tmp, model, history=history, name=name)
-        tmp.replace(path)  # atomic: a crash never leaves half a checkpoint behind
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # One process trains a configuration while the others that want it (test workers, a notebook beside
+        # the build) wait here and then read its checkpoint, instead of training it again beside it.
+        with FileLock(path.with_suffix(".lock")):
+            if not path.is_file():
+                _train_into(path, model, name, config, device, progress)
+    history = load_checkpoint(path, model)["extra"]["history"]
     return model.cpu().eval(), history
+
+
+def _train_into(
+    path: Path, model: nn.Module, name: str, config: TrainingConfig, device: torch.device | str | None, progress: bool
+) -> None:
+    """Train ``model`` with ``config`` on :data:`TRAINING_THREADS` threads and save it to ``path``."""
+    train_loader, val_loader = loaders(config)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(TRAINING_THREADS)
+    try:
+        history = fit(
+            model,
+            train_loader,
+            val_loader,
+            epochs=config.epochs,
+            lr=config.lr,
+            device=device,
+            seed=config.seed,
+            patience=config.patience,
+            progress=progress,
+        )
+    finally:
+        torch.set_num_threads(threads)
+    model.cpu()
+    tmp = path.with_suffix(".tmp")
+    save_checkpoint(tmp, model, history=history, name=name)
+    tmp.replace(path)  # atomic: a crash never leaves half a checkpoint behind

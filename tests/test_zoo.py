@@ -42,6 +42,65 @@ def test_trained_model_is_cached_and_reused(tmp_path, monkeypatch):
     assert not second.training
 
 
+# A process that asks trained_model for TINY's "plain" model and prints its weights' sum. zoo.fit is wrapped: it
+# writes "training" to argv[1] and, when argv[2] is "hold", waits for the file argv[3] before it trains; a wait
+# for zoo's lock writes "waiting" to argv[1] + ".lock" first.
+_TRAIN_IN_A_PROCESS = """
+import sys, time
+from pathlib import Path
+from segutils import zoo
+
+real_fit = zoo.fit
+
+def fit(*args, **kwargs):
+    Path(sys.argv[1]).write_text("training")
+    while sys.argv[2] == "hold" and not Path(sys.argv[3]).exists():
+        time.sleep(0.05)
+    return real_fit(*args, **kwargs)
+
+class NoisyLock(zoo.FileLock):
+    def acquire(self, *args, **kwargs):
+        Path(sys.argv[1] + ".lock").write_text("waiting")
+        return super().acquire(*args, **kwargs)
+
+zoo.fit, zoo.FileLock = fit, NoisyLock
+tiny = zoo.TrainingConfig(image_size=16, train_size=8, val_size=4, batch_size=4, epochs=1)
+model, _ = zoo.trained_model("plain", tiny, progress=False, channels=4, num_layers=1)
+print(sum(float(p.sum()) for p in model.state_dict().values()))
+"""
+
+
+def test_a_model_wanted_by_two_processes_at_once_is_trained_once(tmp_path):
+    """The second process waits for the first one's checkpoint instead of training the same model beside it."""
+    import os
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    env = {**os.environ, zoo.CACHE_ENV_VAR: str(tmp_path / "cache")}
+    first_mark, second_mark, release = tmp_path / "first", tmp_path / "second", tmp_path / "release"
+    command = [sys.executable, "-c", _TRAIN_IN_A_PROCESS]
+    first = subprocess.Popen([*command, str(first_mark), "hold", str(release)], env=env, stdout=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while not first_mark.exists():  # the first process is in fit, holding the lock, its checkpoint not written
+        assert first.poll() is None and time.monotonic() < deadline, "the first process never started training"
+        time.sleep(0.05)
+    second = subprocess.Popen([*command, str(second_mark), "go", ""], env=env, stdout=subprocess.PIPE)
+    waiting = Path(f"{second_mark}.lock")
+    while not waiting.exists():  # the second process asks for the lock while the first one trains
+        assert second.poll() is None and time.monotonic() < deadline, "the second process never waited for the lock"
+        time.sleep(0.05)
+    time.sleep(0.5)
+    assert second.poll() is None, "the second process did not wait for the first one's checkpoint"
+    release.touch()
+    outputs = [process.communicate(timeout=120)[0] for process in (first, second)]
+    assert [first.returncode, second.returncode] == [0, 0]
+    assert not second_mark.exists(), "the second process trained the model the first one was training"
+    assert outputs[0] == outputs[1] and outputs[0].strip()
+    assert list((tmp_path / "cache").glob("*.tmp")) == []
+
+
 def test_training_uses_the_same_thread_count_in_every_process(tmp_path, monkeypatch):
     monkeypatch.setenv(zoo.CACHE_ENV_VAR, str(tmp_path))
     seen = []
