@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import time
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
@@ -72,29 +77,31 @@ print(sum(float(p.sum()) for p in model.state_dict().values()))
 
 def test_a_model_wanted_by_two_processes_at_once_is_trained_once(tmp_path):
     """The second process waits for the first one's checkpoint instead of training the same model beside it."""
-    import os
-    import subprocess
-    import sys
-    import time
-    from pathlib import Path
-
     env = {**os.environ, zoo.CACHE_ENV_VAR: str(tmp_path / "cache")}
     first_mark, second_mark, release = tmp_path / "first", tmp_path / "second", tmp_path / "release"
     command = [sys.executable, "-c", _TRAIN_IN_A_PROCESS]
-    first = subprocess.Popen([*command, str(first_mark), "hold", str(release)], env=env, stdout=subprocess.PIPE)
     deadline = time.monotonic() + 120
-    while not first_mark.exists():  # the first process is in fit, holding the lock, its checkpoint not written
-        assert first.poll() is None and time.monotonic() < deadline, "the first process never started training"
-        time.sleep(0.05)
-    second = subprocess.Popen([*command, str(second_mark), "go", ""], env=env, stdout=subprocess.PIPE)
-    waiting = Path(f"{second_mark}.lock")
-    while not waiting.exists():  # the second process asks for the lock while the first one trains
-        assert second.poll() is None and time.monotonic() < deadline, "the second process never waited for the lock"
-        time.sleep(0.05)
-    time.sleep(0.5)
-    assert second.poll() is None, "the second process did not wait for the first one's checkpoint"
-    release.touch()
-    outputs = [process.communicate(timeout=120)[0] for process in (first, second)]
+
+    def wait_for(mark: Path, process: subprocess.Popen, failure: str) -> None:
+        while not mark.exists():
+            assert process.poll() is None and time.monotonic() < deadline, failure
+            time.sleep(0.05)
+
+    first = subprocess.Popen([*command, str(first_mark), "hold", str(release)], env=env, stdout=subprocess.PIPE)
+    second = None
+    try:
+        # The first process is in fit, holding the lock, its checkpoint not yet written.
+        wait_for(first_mark, first, "the first process never started training")
+        second = subprocess.Popen([*command, str(second_mark), "go", ""], env=env, stdout=subprocess.PIPE)
+        wait_for(Path(f"{second_mark}.lock"), second, "the second process never asked for the lock")
+        time.sleep(0.5)
+        assert second.poll() is None, "the second process did not wait for the first one's checkpoint"
+        release.touch()
+        outputs = [process.communicate(timeout=120)[0] for process in (first, second)]
+    finally:
+        for process in (first, second):
+            if process is not None and process.poll() is None:
+                process.kill()
     assert [first.returncode, second.returncode] == [0, 0]
     assert not second_mark.exists(), "the second process trained the model the first one was training"
     assert outputs[0] == outputs[1] and outputs[0].strip()
@@ -184,7 +191,6 @@ def test_loaders_hold_exactly_the_shapes_dataset_samples():
 
 def test_warm_models_finds_literal_calls_configs_and_seed_loops():
     import importlib.util
-    from pathlib import Path
 
     path = Path(__file__).resolve().parents[1] / "book" / "_ext" / "warm_models.py"
     spec = importlib.util.spec_from_file_location("warm_models", path)
