@@ -30,8 +30,11 @@ from segutils.train import fit, load_checkpoint, save_checkpoint
 CACHE_ENV_VAR = "SEGUTILS_CACHE"
 _SOURCES = ("data", "models", "train.py", "metrics.py")
 #: CPU threads every training run uses, whatever the machine has. Float sums are split between threads, so
-#: weights trained with another thread count differ in the last bits, and after many steps visibly.
-TRAINING_THREADS = 2
+#: weights trained with another thread count differ in the last bits, and after many steps visibly. One thread:
+#: on a busy machine (a test worker beside the build) a two-thread run waits for its second thread and took
+#: 12-30 times as long; on an idle one, one model per core (book/_ext/warm_models.py) trains 1.4-1.7x more
+#: models per minute than one model on two threads.
+TRAINING_THREADS = 1
 
 
 @dataclass(frozen=True)
@@ -131,6 +134,23 @@ def loaders(config: TrainingConfig) -> tuple[DataLoader, DataLoader]:
     return DataLoader(train, batch_size=config.batch_size, shuffle=True), DataLoader(val, batch_size=64)
 
 
+def checkpoint_path(
+    name: str, config: TrainingConfig = TrainingConfig(), random_upsampling_init: bool = False, **model_kwargs: Any
+) -> Path:
+    """Where :func:`trained_model` keeps the model these arguments describe (the file exists once it is trained):
+    in :func:`cache_dir`, named by a hash of the arguments, :data:`TRAINING_THREADS` and segutils' data, model
+    and training code."""
+    config_fields = asdict(config)
+    if not config.object_tint:  # keyed only when set, so that the keys of untinted models stay as they were
+        del config_fields["object_tint"]
+    fields = {"name": name, "kwargs": model_kwargs, "config": config_fields, "source": _source_digest()}
+    fields["threads"] = TRAINING_THREADS
+    if random_upsampling_init:  # only when set, so that the keys of every other model stay as they were
+        fields["random_upsampling_init"] = True
+    key = json.dumps(fields, sort_keys=True)
+    return cache_dir() / f"{name}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.pt"
+
+
 def trained_model(
     name: str,
     config: TrainingConfig = TrainingConfig(),
@@ -154,14 +174,7 @@ def trained_model(
     Returns:
         ``(model, history)`` where ``history`` is :func:`segutils.train.fit`'s.
     """
-    config_fields = asdict(config)
-    if not config.object_tint:  # keyed only when set, so that the keys of untinted models stay as they were
-        del config_fields["object_tint"]
-    fields = {"name": name, "kwargs": model_kwargs, "config": config_fields, "source": _source_digest()}
-    if random_upsampling_init:  # only when set, so that the keys of every other model stay as they were
-        fields["random_upsampling_init"] = True
-    key = json.dumps(fields, sort_keys=True)
-    path = cache_dir() / f"{name}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.pt"
+    path = checkpoint_path(name, config, random_upsampling_init, **model_kwargs)
     torch.manual_seed(config.seed)
     model = build_model(name, **model_kwargs)
     if random_upsampling_init:
@@ -179,6 +192,16 @@ def trained_model(
                 _train_into(path, model, name, config, device, progress)
     history = load_checkpoint(path, model)["extra"]["history"]
     return model.cpu().eval(), history
+
+
+def ensure_trained(
+    name: str, config: TrainingConfig = TrainingConfig(), random_upsampling_init: bool = False, **model_kwargs: Any
+) -> Path:
+    """Train the model :func:`trained_model` returns for these arguments into the cache unless it is there; the
+    checkpoint's path. For worker processes that train side by side (``book/_ext/warm_models.py``): a path,
+    unlike a model, costs nothing to send back."""
+    trained_model(name, config, progress=False, random_upsampling_init=random_upsampling_init, **model_kwargs)
+    return checkpoint_path(name, config, random_upsampling_init, **model_kwargs)
 
 
 def _train_into(

@@ -234,3 +234,44 @@ def test_warm_models_finds_literal_calls_configs_and_seed_loops():
         )
     )
     assert warm.literal_calls("trained_model('fcn', replace(unknown, seed=1))\n") == []
+
+
+def test_checkpoint_path_is_where_trained_model_saves_and_depends_on_the_thread_count(tmp_path, monkeypatch):
+    monkeypatch.setenv(zoo.CACHE_ENV_VAR, str(tmp_path))
+    path = zoo.checkpoint_path("plain", TINY, channels=4, num_layers=1)
+    assert not path.exists()
+    trained_model("plain", TINY, progress=False, channels=4, num_layers=1)
+    assert path.is_file() and list(tmp_path.glob("*.pt")) == [path]
+    assert zoo.checkpoint_path("plain", TINY, channels=4, num_layers=2) != path
+    # Weights differ with the thread count, so a checkpoint trained with another count is not reused.
+    monkeypatch.setattr(zoo, "TRAINING_THREADS", zoo.TRAINING_THREADS + 1)
+    assert zoo.checkpoint_path("plain", TINY, channels=4, num_layers=1) != path
+
+
+def test_warm_models_trains_the_missing_models_side_by_side_and_skips_cached_ones(tmp_path, monkeypatch, capsys):
+    """main() trains every model a chapter names, each once (two calls name the same model), in worker processes,
+    and then has nothing left to train."""
+    import importlib.util
+
+    import nbformat
+
+    path = Path(__file__).resolve().parents[1] / "book" / "_ext" / "warm_models.py"
+    spec = importlib.util.spec_from_file_location("warm_models", path)
+    warm = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(warm)
+    monkeypatch.setenv(zoo.CACHE_ENV_VAR, str(tmp_path / "cache"))
+    monkeypatch.setattr(warm, "training_processes", lambda: 2)
+    tiny = "TrainingConfig(image_size=16, train_size=8, val_size=4, batch_size=4, epochs=1)"
+    chapter = nbformat.v4.new_notebook()
+    chapter.cells = [
+        nbformat.v4.new_code_cell(f"trained_model('plain', {tiny}, channels=4, num_layers={n})") for n in (1, 2)
+    ] + [nbformat.v4.new_code_cell(f"trained_model('plain', replace({tiny}, seed=0), channels=4, num_layers=1)")]
+    nbformat.write(chapter, tmp_path / "chapter.ipynb")
+    assert warm.main([str(tmp_path / "chapter.ipynb")]) == 0
+    first = capsys.readouterr().out
+    assert "2 to train" in first and "training 2 at once" in first and first.count("ready after") == 2
+    for layers in (1, 2):
+        assert zoo.checkpoint_path("plain", TINY, channels=4, num_layers=layers).is_file()
+    assert warm.main([str(tmp_path / "chapter.ipynb")]) == 0
+    again = capsys.readouterr().out
+    assert "0 to train" in again and "ready after" not in again

@@ -14,8 +14,9 @@ example ``for seed in (0, 1, 2)``) counts as each of its values, so that the run
 seed study are found too; so does a name assigned once, ``study = TrainingConfig(...)``, in
 the cell or an earlier one (evaluated with the loop values of the call that uses it), and
 ``replace(study, <keyword>=<literal>, ...)`` of such a configuration, inline or assigned once. Calls
-with other computed arguments are left to their cells. A model already cached costs nothing,
-so a warm build spends well under a second here.
+with other computed arguments are left to their cells. The missing models are trained side by
+side, one worker process per ``segutils.zoo.TRAINING_THREADS`` CPUs (at most four); a warm build,
+with every model cached, starts no worker and spends a few seconds here.
 
 Usage: ``python book/_ext/warm_models.py book/*.ipynb``
 """
@@ -23,9 +24,12 @@ Usage: ``python book/_ext/warm_models.py book/*.ipynb``
 from __future__ import annotations
 
 import ast
+import multiprocessing
+import os
 import sys
 import time
 from collections.abc import Iterable
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
@@ -182,18 +186,55 @@ def book_models(notebooks: Iterable[Path]) -> list[tuple[str, dict[str, Any]]]:
     return found
 
 
+def _arguments(kwargs: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """``(TrainingConfig, model keyword arguments)`` of a call found by :func:`book_models`."""
+    from segutils.zoo import TrainingConfig
+
+    model_kwargs = dict(kwargs)
+    return TrainingConfig(**model_kwargs.pop("__config__", {})), model_kwargs
+
+
+def _checkpoint(name: str, kwargs: dict[str, Any]) -> Path:
+    """Where the model of a call found by :func:`book_models` is cached (once trained)."""
+    from segutils.zoo import checkpoint_path
+
+    config, model_kwargs = _arguments(kwargs)
+    return checkpoint_path(name, config, **model_kwargs)
+
+
+def training_processes() -> int:
+    """Models trained at once: one per ``TRAINING_THREADS`` of the CPUs this process may use, at most four
+    (each process holds its own copy of the training data, about a GiB)."""
+    from segutils.zoo import TRAINING_THREADS
+
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(4, cpus // TRAINING_THREADS))
+
+
 def main(argv: list[str]) -> int:
-    from segutils.zoo import TrainingConfig, cache_dir, trained_model
+    from segutils.zoo import cache_dir, ensure_trained
 
     models = book_models(Path(arg) for arg in argv)
-    print(f"warm_models: {len(models)} reference models, cache {cache_dir()}", flush=True)
-    total = time.perf_counter()
+    distinct = {}  # two calls can name one model: TrainingConfig() and TrainingConfig(seed=0)
     for name, kwargs in models:
-        start = time.perf_counter()
-        model_kwargs = dict(kwargs)
-        config = TrainingConfig(**model_kwargs.pop("__config__", {}))
-        trained_model(name, config, progress=False, **model_kwargs)
-        print(f"warm_models: {name} {kwargs or ''} ready in {time.perf_counter() - start:.1f} s", flush=True)
+        distinct.setdefault(_checkpoint(name, kwargs), (name, kwargs))
+    missing = [call for path, call in distinct.items() if not path.exists()]
+    print(f"warm_models: {len(distinct)} reference models, {len(missing)} to train, cache {cache_dir()}", flush=True)
+    if not missing:
+        return 0
+    processes = min(training_processes(), len(missing))
+    print(f"warm_models: training {processes} at once", flush=True)
+    total = time.perf_counter()
+    # spawn, not fork: a forked child of a process that has run PyTorch's thread pools can hang.
+    with ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {}
+        for name, kwargs in missing:
+            config, model_kwargs = _arguments(kwargs)
+            futures[pool.submit(ensure_trained, name, config, **model_kwargs)] = (name, kwargs)
+        for future in as_completed(futures):
+            future.result()
+            name, kwargs = futures[future]
+            print(f"warm_models: {name} {kwargs or ''} ready after {time.perf_counter() - total:.1f} s", flush=True)
     print(f"warm_models: all ready in {time.perf_counter() - total:.1f} s", flush=True)
     return 0
 
