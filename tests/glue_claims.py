@@ -38,6 +38,11 @@ def _beyond(diff: float, spread: float, words: dict[str, str]) -> str:
     return words["up"] if diff > spread else words["down"] if diff < -spread else words["same"]
 
 
+def _larger(gap: float, spread: float) -> str:
+    """Whether a gap between means (either sign) is larger than the spread between seeds."""
+    return "larger than" if abs(gap) > spread else "not larger than"
+
+
 def _versus_background(gain: float) -> str:
     return (
         "no better than" if gain < 0.005 else "barely above" if gain < 0.05 else "above" if gain < 0.2 else "far above"
@@ -52,6 +57,8 @@ RULES: dict[str, list[tuple[str, tuple[str, ...], Callable[..., str]]]] = {
     "04_fully_convolutional": [
         ("patch_verdict", ("patch_gain",), _versus_background),
         ("plain_verdict", ("plain_gain",), _versus_background),
+        ("patch_seed_words", ("patch_seed_gain", "patch_seed_spread"), _larger),
+        ("plain_seed_words", ("plain_seed_gain", "plain_seed_spread"), _larger),
     ],
     "08_encoder_decoder": [
         (
@@ -201,7 +208,7 @@ RULES["05_dilated_convolution"] = [
     (
         "ch5_seed_verdict",
         ("ch5_seed_gain", "ch5_seed_spread"),
-        lambda g, s: "larger than" if abs(g) > s else "not larger than",
+        _larger,
     ),
     (
         "ch5_noise_note",
