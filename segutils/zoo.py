@@ -32,8 +32,8 @@ _SOURCES = ("data", "models", "train.py", "metrics.py")
 #: CPU threads every training run uses, whatever the machine has. Float sums are split between threads, so
 #: weights trained with another thread count differ in the last bits, and after many steps visibly. One thread:
 #: on a busy machine (a test worker beside the build) a two-thread run waits for its second thread and took
-#: 12-30 times as long; on an idle one, one model per core (book/_ext/warm_models.py) trains 1.4-1.7x more
-#: models per minute than one model on two threads.
+#: 12-30 times as long; on two idle cores, one model per core (book/_ext/warm_models.py) trains 1.4-1.7x as
+#: many of the small study models per minute as one model on two threads, and about as many 48x48 ones.
 TRAINING_THREADS = 1
 
 
