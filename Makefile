@@ -56,9 +56,12 @@ book: $(STAMP) system-packages node_modules/.package-lock.json
 
 # Format and lint check first (ruff, settings in pyproject.toml): seconds, so a style slip fails before the
 # long suite starts. `ruff format .` and `ruff check --fix .` repair most of what they report.
+# Then the book's reference models, as `make book` trains them (seconds when cached): on a cold cache they
+# train on idle cores, not beside the other test worker's grading corpora, which made a cold run an hour long.
 test: $(STAMP) system-packages
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
+	$(BIN)/python book/_ext/warm_models.py book/*.ipynb
 	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadgroup
 
 # One release per solutions/<id>/<id>.ipynb. nbgrader's output is byte-stable (no timestamps, cell ids
