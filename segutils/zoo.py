@@ -83,12 +83,22 @@ def _code_fingerprint(source: str) -> str:
 def _source_digest() -> str:
     """Digest of the code the cached models depend on; editing a docstring or comment keeps the cache."""
     package = Path(__file__).parent
-    digest = hashlib.sha256()
+    sources = []
     for entry in _SOURCES:
         path = package / entry
         for file in sorted(path.rglob("*.py")) if path.is_dir() else [path]:
-            digest.update(file.relative_to(package).as_posix().encode())
-            digest.update(_code_fingerprint(file.read_text()).encode())
+            sources.append((file.relative_to(package).as_posix(), file.read_text()))
+    return _digest_of(tuple(sources))
+
+
+@functools.lru_cache(maxsize=8)
+def _digest_of(sources: tuple[tuple[str, str], ...]) -> str:
+    """The digest of ``(name, text)`` source files, parsed once per process for the same texts (reading them is
+    quick; parsing them for every model a warm ``warm_models`` looks up took most of its time)."""
+    digest = hashlib.sha256()
+    for name, text in sources:
+        digest.update(name.encode())
+        digest.update(_code_fingerprint(text).encode())
     return digest.hexdigest()
 
 

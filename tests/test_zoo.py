@@ -30,6 +30,21 @@ def test_fingerprint_ignores_docstrings_and_comments_but_not_code():
     assert base != changed
 
 
+def test_source_digest_follows_code_edits_within_one_process(tmp_path, monkeypatch):
+    """The digest is computed once per state of the files (it is asked for at every model), yet a code edit
+    made while the process runs still changes it, and a comment edit still does not."""
+    for name in ("data/shapes.py", "models/net.py", "train.py", "metrics.py"):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_text("x = 1\n")
+    monkeypatch.setattr(zoo, "__file__", str(tmp_path / "zoo.py"))
+    before = zoo._source_digest()
+    assert zoo._source_digest() == before
+    (tmp_path / "train.py").write_text("x = 1  # a comment\n")
+    assert zoo._source_digest() == before
+    (tmp_path / "models" / "net.py").write_text("x = 2\n")
+    assert zoo._source_digest() != before
+
+
 def test_trained_model_is_cached_and_reused(tmp_path, monkeypatch):
     monkeypatch.setenv(zoo.CACHE_ENV_VAR, str(tmp_path))
     first, history = trained_model("plain", TINY, progress=False, channels=4, num_layers=1)
