@@ -119,31 +119,27 @@ def test_chapter_8_skips_sharpen_edges_once_a_few_pixels_show_the_objects():
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason=(
-        "issue #16: on the untinted scenes (32x32 images, 384 training images, outline waves of 2.5 px, trained to a "
-        "plateau) FCN-2s does not beat FCN-8s in boundary F beyond the seed spread: objects and background draw their "
-        "textures from one distribution, so the shallow features an FCN skip scores linearly cannot tell them apart "
-        "(chapter 8 shows the effect once objects are tinted). Strict: the marker must go if this starts to pass."
-    ),
-)
-def test_chapter_8_skips_place_wavy_edges_better_beyond_the_seed_spread():
+def test_chapter_8_main_study_skips_stay_within_the_seed_spread_as_the_text_explains():
     """Chapter 8's main study, recomputed from the models its own calls train (cached by the build).
 
-    The issue asks for: outlines with detail finer than the coarsest stride, training to a plateau,
-    three seeds per model, and the skip effect with a margin larger than the seed spread. On the untinted
-    scenes it does not hold (the strict xfail); the chapter explains why and shows the effect on tinted
-    objects (the test above).
+    The issue's design (outlines with detail finer than the coarsest stride, training to a plateau, three
+    seeds per model) on the untinted scenes: FCN-2s does not beat FCN-8s in object boundary F beyond the
+    seed spread. The chapter's fixed prose rests on this ("What decides whether the skips show" explains
+    it; "If the skips gain nothing here ..." opens the tinted test), so it is asserted, not expected to
+    fail. Its positive control is the tinted test above: the same measurement and margin, which finds the
+    gain once a few pixels show the objects.
     """
     torch.set_num_threads(2)
     runs = _chapter_8_runs()
     assert sorted(runs) == sorted((n, s) for n in ("FCN-8s", "FCN-4s", "FCN-2s", "U-Net") for s in (0, 1, 2))
     config = runs["FCN-8s", 0][1]
     assert config.outline_detail > 0 and config.patience is not None, "the book's settings are not the issue's design"
+    assert not config.object_tint
     gain, spread, boundary = _skip_gain_and_spread(runs, *_chapter_8_test_split(config))
-    assert gain > spread, f"FCN-2s changes the object boundary F by {gain:+.3f}, seed spread {spread:.3f}: {boundary}"
+    assert gain <= spread, (
+        f"FCN-2s changes the object boundary F by {gain:+.3f}, beyond the seed spread {spread:.3f}: chapter 8's "
+        f"explanation of why the skips do not show on untinted scenes no longer holds, rewrite it: {boundary}"
+    )
 
 
 def _notebook_with(glued: dict[str, object]) -> nbformat.NotebookNode:
