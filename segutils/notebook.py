@@ -10,7 +10,8 @@ the plumbing:
 - :func:`training_cost`: activation bytes saved for backward and FLOPs of one training step;
 - :class:`PeakTensorMemory` and :func:`peak_forward_bytes`: peak bytes of tensors alive during a forward pass;
 - :func:`connected_components`: 8-connected regions of boolean masks;
-- :func:`png_base64`, :func:`show`, :func:`html_table`: pictures and tables for the pages.
+- :func:`png_base64`, :func:`show`, :func:`html_table`: pictures and tables for the pages;
+- :func:`add_to_class`: a method written in a later cell than its class, so that a cell shows one idea.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ __all__ = [
     "show",
     "html_table",
     "sample_photograph",
+    "add_to_class",
 ]
 
 
@@ -259,3 +261,22 @@ def html_table(header: Sequence[str], rows: Iterable[Sequence[Any]]):
     return HTML(
         f"<table><tr>{cells(header, 'th')}</tr>" + "".join(f"<tr>{cells(r, 'td')}</tr>" for r in rows) + "</table>"
     )
+
+
+def add_to_class(cls: type) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorator that makes the decorated function a method of ``cls``, under the function's own name.
+
+    d2l.ai's device for writing one class across several notebook cells: the constructor in one cell, then
+    ``@add_to_class(Net)`` above ``def forward(self, x): ...`` in the next, with prose between. Instances made
+    before the method was added get it too. Returns the function unchanged.
+    """
+    if not isinstance(cls, type):
+        raise TypeError(f"add_to_class expects a class, got {type(cls).__name__} {cls!r}")
+
+    def attach(function: Callable[..., Any]) -> Callable[..., Any]:
+        if not callable(function) or not hasattr(function, "__name__"):
+            raise TypeError(f"add_to_class({cls.__name__}) decorates a named function, got {function!r}")
+        setattr(cls, function.__name__, function)
+        return function
+
+    return attach

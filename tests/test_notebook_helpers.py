@@ -15,6 +15,7 @@ from scipy import ndimage
 from torch import nn
 
 from segutils.notebook import (
+    add_to_class,
     connected_components,
     flops,
     html_table,
@@ -170,3 +171,29 @@ def test_sample_photograph_is_the_face_crop_averaged_down():
     # Pixel (row 5, column 7) of the crop: the mean of the 4 x 4 block at rows 16 + 20.., columns 64 + 28..
     block = raw[16 + 20 : 16 + 24, 64 + 28 : 64 + 32].astype("float64") / 255
     assert torch.allclose(photo[0, :, 5, 7].double(), torch.from_numpy(block.mean(axis=(0, 1))), atol=1e-6)
+
+
+def test_add_to_class_gives_the_class_a_method_its_instances_already_made_can_call():
+    class Doubler(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.scale = nn.Parameter(torch.tensor(2.0))
+
+    made_before = Doubler()
+    with pytest.raises(NotImplementedError):  # nn.Module without a forward
+        made_before(torch.ones(3))
+
+    @add_to_class(Doubler)
+    def forward(self, x):
+        return self.scale * x
+
+    assert forward.__name__ == "forward"  # the function itself is returned
+    assert torch.equal(made_before(torch.ones(3)), torch.full((3,), 2.0))
+    assert torch.equal(Doubler()(torch.arange(3.0)), torch.tensor([0.0, 2.0, 4.0]))
+
+
+def test_add_to_class_names_what_it_cannot_attach_to():
+    with pytest.raises(TypeError, match="expects a class"):
+        add_to_class(nn.Linear(1, 1))
+    with pytest.raises(TypeError, match="named function"):
+        add_to_class(nn.Module)(3)
