@@ -14,6 +14,7 @@ import functools
 import hashlib
 import json
 import os
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -206,12 +207,17 @@ def trained_model(
 
 def ensure_trained(
     name: str, config: TrainingConfig = TrainingConfig(), random_upsampling_init: bool = False, **model_kwargs: Any
-) -> Path:
-    """Train the model :func:`trained_model` returns for these arguments into the cache unless it is there; the
-    checkpoint's path. For worker processes that train side by side (``book/_ext/warm_models.py``): a path,
-    unlike a model, costs nothing to send back."""
+) -> tuple[Path, float]:
+    """Train the model :func:`trained_model` returns for these arguments into the cache unless it is there.
+    For worker processes that train side by side (``book/_ext/warm_models.py``): a path, unlike a model, costs
+    nothing to send back.
+
+    Returns:
+        ``(checkpoint path, seconds this call took)``: the training time, or about nothing when cached.
+    """
+    start = time.perf_counter()
     trained_model(name, config, progress=False, random_upsampling_init=random_upsampling_init, **model_kwargs)
-    return checkpoint_path(name, config, random_upsampling_init, **model_kwargs)
+    return checkpoint_path(name, config, random_upsampling_init, **model_kwargs), time.perf_counter() - start
 
 
 def _train_into(

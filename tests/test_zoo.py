@@ -284,9 +284,9 @@ def test_warm_models_trains_the_missing_models_side_by_side_and_skips_cached_one
     nbformat.write(chapter, tmp_path / "chapter.ipynb")
     assert warm.main([str(tmp_path / "chapter.ipynb")]) == 0
     first = capsys.readouterr().out
-    assert "2 to train" in first and "training 2 at once" in first and first.count("ready after") == 2
+    assert "2 to train" in first and "training 2 at once" in first and first.count("trained in") == 2
     for layers in (1, 2):
         assert zoo.checkpoint_path("plain", TINY, channels=4, num_layers=layers).is_file()
     assert warm.main([str(tmp_path / "chapter.ipynb")]) == 0
     again = capsys.readouterr().out
-    assert "0 to train" in again and "ready after" not in again
+    assert "0 to train" in again and "trained in" not in again

@@ -232,9 +232,10 @@ def main(argv: list[str]) -> int:
             config, model_kwargs = _arguments(kwargs)
             futures[pool.submit(ensure_trained, name, config, **model_kwargs)] = (name, kwargs)
         for future in as_completed(futures):
-            future.result()
+            _, seconds = future.result()
             name, kwargs = futures[future]
-            print(f"warm_models: {name} {kwargs or ''} ready after {time.perf_counter() - total:.1f} s", flush=True)
+            elapsed = time.perf_counter() - total
+            print(f"warm_models: {name} {kwargs or ''} trained in {seconds:.1f} s, {elapsed:.1f} s in", flush=True)
     print(f"warm_models: all ready in {time.perf_counter() - total:.1f} s", flush=True)
     return 0
 
