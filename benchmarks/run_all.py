@@ -1,7 +1,8 @@
 """Run every benchmark, print one table, and write benchmarks/results.json.
 
 Usage: ``python benchmarks/run_all.py [--quick] [NAME ...]`` where NAME picks
-benchmarks by module suffix (``metrics``, ``sliding_window``, ``training``, ``grading``).
+benchmarks by module suffix (``metrics``, ``sliding_window``, ``training``, ``channels_last``,
+``grading``).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ sys.path.insert(0, str(ROOT.parent))
 
 import torch  # noqa: E402
 
-BENCHMARKS = ("metrics", "sliding_window", "training", "grading")
+BENCHMARKS = ("metrics", "sliding_window", "training", "channels_last", "grading")
 
 
 def _format(value: object) -> str:

@@ -47,6 +47,13 @@ def _check_batch(batch: Any) -> Batch:
     return images, masks
 
 
+def _to_device(batch: Batch, device: torch.device, channels_last: bool) -> Batch:
+    """``batch`` on ``device``, the images in channels-last (NHWC) memory when ``channels_last``."""
+    images, masks = batch
+    memory_format = torch.channels_last if channels_last else torch.preserve_format
+    return images.to(device, non_blocking=True, memory_format=memory_format), masks.to(device, non_blocking=True)
+
+
 def _num_batches(loader: Iterable) -> int | None:
     try:
         return len(loader)  # type: ignore[arg-type]
@@ -62,6 +69,7 @@ def evaluate(
     device: torch.device | str | None = None,
     ignore_index: int = IGNORE_INDEX,
     amp: bool | str = "auto",
+    channels_last: bool = False,
 ) -> dict[str, Any]:
     """Loss and metrics of ``model`` over a whole loader (accumulated, not averaged per image).
 
@@ -69,6 +77,8 @@ def evaluate(
         model: maps images ``(N, C, H, W)`` to logits ``(N, K, H, W)``.
         loader: yields ``(images (N, C, H, W), masks (N, H, W))``.
         num_classes: ``K``.
+        channels_last: pass the images to ``model`` in channels-last (NHWC) memory, for a model whose weights
+            are in that format (``model.to(memory_format=torch.channels_last)``, as :func:`fit` does).
 
     Returns:
         A dict of floats ``"loss"``, ``"pixel_accuracy"`` and ``"mean_iou"``, plus
@@ -81,8 +91,7 @@ def evaluate(
     confusion = ConfusionMatrix(num_classes, ignore_index, device=device)
     total_loss, total_pixels = torch.zeros((), device=device), torch.zeros((), device=device)
     for batch in loader:
-        images, masks = _check_batch(batch)
-        images, masks = images.to(device, non_blocking=True), masks.to(device, non_blocking=True)
+        images, masks = _to_device(_check_batch(batch), device, channels_last)
         with autocast:
             logits = model(images)
         if logits.shape[1] != num_classes:
@@ -114,6 +123,7 @@ def train_one_epoch(
     ignore_index: int = IGNORE_INDEX,
     progress: bool = False,
     desc: str = "train",
+    channels_last: bool = False,
 ) -> dict[str, Any]:
     """One pass over ``loader``: per-pixel cross-entropy, one optimizer step per batch.
 
@@ -124,6 +134,7 @@ def train_one_epoch(
         scheduler: stepped after every batch when given (e.g. ``OneCycleLR``).
         amp: mixed precision as in :func:`fit`; ``scaler`` scales float16 gradients.
         num_classes: ``K``; read from the model's first output when None.
+        channels_last: images in channels-last (NHWC) memory, as in :func:`evaluate`.
 
     Returns:
         ``{"loss", "pixel_accuracy", "mean_iou"}`` of the epoch (the loss is the mean over
@@ -141,8 +152,7 @@ def train_one_epoch(
     loss_sum, batches = torch.zeros((), device=device), 0
     bar = tqdm(loader, total=_num_batches(loader), desc=desc, disable=not progress, leave=False)
     for batch in bar:
-        images, masks = _check_batch(batch)
-        images, masks = images.to(device, non_blocking=True), masks.to(device, non_blocking=True)
+        images, masks = _to_device(_check_batch(batch), device, channels_last)
         with autocast:
             logits = model(images)
         loss = F.cross_entropy(logits.float(), masks, ignore_index=ignore_index)
@@ -188,6 +198,7 @@ def fit(
     patience: int | None = None,
     progress: bool = True,
     callback: Callable[[int, nn.Module, dict[str, list[float]]], bool | None] | None = None,
+    channels_last: bool = False,
 ) -> dict[str, list[float]]:
     """Train ``model`` with AdamW and per-pixel cross-entropy: :func:`train_one_epoch`, then
     :func:`evaluate` on ``val_loader``, once per epoch.
@@ -221,6 +232,12 @@ def fit(
         callback: called as ``callback(epoch, model, history)`` after every epoch
             (e.g. to record predictions as training goes); returning True stops
             training after that epoch.
+        channels_last: train with the model's 4-D weights and the images in channels-last (NHWC) memory, and
+            give the model back in the default (contiguous) format. The same arithmetic in another order: the
+            results agree up to float rounding, and the CPU (oneDNN) convolutions of the book's models, dilated
+            ones most, train faster (``benchmarks/bench_channels_last.py`` measures by how much). Off by
+            default: a model whose ``forward`` calls ``.view`` on its feature maps fails on channels-last ones
+            (``.reshape`` works with both).
 
     Returns:
         The history, one entry per epoch in each of the lists
@@ -237,7 +254,7 @@ def fit(
     if seed is not None:
         torch.manual_seed(seed)
     device = torch.device(device) if device is not None else get_device()
-    model.to(device)
+    model.to(device, memory_format=torch.channels_last) if channels_last else model.to(device)
     _, amp_dtype = _autocast(device, amp)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
@@ -271,13 +288,14 @@ def fit(
             ignore_index=ignore_index,
             progress=progress,
             desc=f"epoch {epoch}/{epochs}",
+            channels_last=channels_last,
         )
         num_classes = train["num_classes"]
         history["epoch"].append(epoch)
         for key in ("loss", "pixel_accuracy", "mean_iou"):
             history[f"train_{key}"].append(train[key])
         if val_loader is not None:
-            val = evaluate(model, val_loader, num_classes, device, ignore_index, amp)
+            val = evaluate(model, val_loader, num_classes, device, ignore_index, amp, channels_last)
             for key in ("loss", "pixel_accuracy", "mean_iou"):
                 history.setdefault(f"val_{key}", []).append(val[key])
         history["seconds"].append(time.perf_counter() - start)
@@ -303,6 +321,8 @@ def fit(
     if best_state is not None:
         model.load_state_dict(best_state)
         history["best_epoch"] = [best_epoch]
+    if channels_last:
+        model.to(memory_format=torch.contiguous_format)
     return history
 
 

@@ -36,6 +36,10 @@ _SOURCES = ("data", "models", "train.py", "metrics.py")
 #: 12-30 times as long; on two idle cores, one model per core (book/_ext/warm_models.py) trains 1.4-1.7x as
 #: many of the small study models per minute as one model on two threads, and about as many 48x48 ones.
 TRAINING_THREADS = 1
+#: Train in channels-last (NHWC) memory (``fit(channels_last=...)``): the CPU convolutions of the book's models run
+#: 1.1-1.6x as fast so (``benchmarks/bench_channels_last.py``), dilated ones most. Part of the cache key: the
+#: weights differ from contiguous training in the last bits, and after many steps visibly.
+TRAINING_CHANNELS_LAST = True
 
 
 @dataclass(frozen=True)
@@ -149,13 +153,14 @@ def checkpoint_path(
     name: str, config: TrainingConfig = TrainingConfig(), random_upsampling_init: bool = False, **model_kwargs: Any
 ) -> Path:
     """Where :func:`trained_model` keeps the model these arguments describe (the file exists once it is trained):
-    in :func:`cache_dir`, named by a hash of the arguments, :data:`TRAINING_THREADS` and segutils' data, model
-    and training code."""
+    in :func:`cache_dir`, named by a hash of the arguments, :data:`TRAINING_THREADS`,
+    :data:`TRAINING_CHANNELS_LAST` and segutils' data, model and training code."""
     config_fields = asdict(config)
     if not config.object_tint:  # keyed only when set, so that the keys of untinted models stay as they were
         del config_fields["object_tint"]
     fields = {"name": name, "kwargs": model_kwargs, "config": config_fields, "source": _source_digest()}
     fields["threads"] = TRAINING_THREADS
+    fields["channels_last"] = TRAINING_CHANNELS_LAST
     if random_upsampling_init:  # only when set, so that the keys of every other model stay as they were
         fields["random_upsampling_init"] = True
     key = json.dumps(fields, sort_keys=True)
@@ -238,6 +243,7 @@ def _train_into(
             seed=config.seed,
             patience=config.patience,
             progress=progress,
+            channels_last=TRAINING_CHANNELS_LAST,
         )
     finally:
         torch.set_num_threads(threads)

@@ -52,6 +52,47 @@ def test_fit_on_cpu_repeats_exactly_with_the_same_seed():
     assert all(torch.equal(a, b) for a, b in zip(runs[0][1], runs[1][1]))
 
 
+def test_fit_trains_channels_last_and_gives_the_model_back_contiguous():
+    formats = []
+
+    def record(epoch, model, history):
+        formats.append(model.features[0].weight.is_contiguous(memory_format=torch.channels_last))
+
+    train, val = tiny_loaders()
+    runs = {}
+    for channels_last in (True, False):
+        model = tiny_model()
+        history = fit(
+            model,
+            train,
+            val,
+            epochs=2,
+            lr=1e-2,
+            device="cpu",
+            progress=False,
+            callback=record,
+            channels_last=channels_last,
+        )
+        runs[channels_last] = (model, history)
+    assert formats == [True, True, False, False]  # during training, with and without
+    weights = {k: [p for p in runs[k][0].parameters() if p.dim() == 4] for k in runs}
+    assert weights[True] and all(p.is_contiguous() for p in weights[True])  # given back as it came
+    # the same arithmetic in another order: the same training up to float rounding
+    for key in ("train_loss", "val_loss"):
+        assert runs[True][1][key] == pytest.approx(runs[False][1][key], rel=1e-3), key
+    for a, b in zip(runs[True][0].parameters(), runs[False][0].parameters()):
+        torch.testing.assert_close(a, b, atol=1e-3, rtol=1e-3)
+
+
+def test_evaluate_gives_the_same_metrics_with_channels_last_images():
+    _, val = tiny_loaders()
+    model = tiny_model().eval()
+    plain = evaluate(model, val, 5, device="cpu")
+    nhwc = evaluate(model.to(memory_format=torch.channels_last), val, 5, device="cpu", channels_last=True)
+    assert nhwc["loss"] == pytest.approx(plain["loss"], rel=1e-5)
+    assert torch.equal(nhwc["confusion_matrix"], plain["confusion_matrix"])
+
+
 def test_fit_with_cpu_autocast_runs():
     train, _ = tiny_loaders(n=8)
     history = fit(tiny_model(), train, epochs=1, device="cpu", amp=True, progress=False)
@@ -139,16 +180,29 @@ def test_callback_sees_every_epoch_and_can_stop_training():
 def test_fit_is_train_one_epoch_then_evaluate():
     """fit's history equals what the two parts give when called by hand (same seed, same schedule-free steps)."""
     train, val = tiny_loaders()
-    history = fit(tiny_model(), train, val, epochs=2, lr=1e-2, device="cpu", seed=5, patience=5, progress=False)
+    history = fit(
+        tiny_model(),
+        train,
+        val,
+        epochs=2,
+        lr=1e-2,
+        device="cpu",
+        seed=5,
+        patience=5,
+        progress=False,
+        channels_last=True,
+    )
     torch.manual_seed(5)
     model = tiny_model()
+    model.to(memory_format=torch.channels_last)  # as fit with channels_last=True trains
     torch.manual_seed(5)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=1e-4)
     for epoch in range(2):
-        step = train_one_epoch(model, train, optimizer, device="cpu")
+        step = train_one_epoch(model, train, optimizer, device="cpu", channels_last=True)
         assert step["loss"] == pytest.approx(history["train_loss"][epoch], rel=1e-6)
         assert step["mean_iou"] == pytest.approx(history["train_mean_iou"][epoch], rel=1e-6)
-        assert evaluate(model, val, 5, device="cpu")["loss"] == pytest.approx(history["val_loss"][epoch], rel=1e-6)
+        val_loss = evaluate(model, val, 5, device="cpu", channels_last=True)["loss"]
+        assert val_loss == pytest.approx(history["val_loss"][epoch], rel=1e-6)
     assert not model.training or step["num_classes"] == 5
 
 

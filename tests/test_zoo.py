@@ -123,16 +123,18 @@ def test_a_model_wanted_by_two_processes_at_once_is_trained_once(tmp_path):
     assert list((tmp_path / "cache").glob("*.tmp")) == []
 
 
-def test_training_uses_the_same_thread_count_in_every_process(tmp_path, monkeypatch):
+def test_training_uses_the_same_thread_count_and_memory_format_in_every_process(tmp_path, monkeypatch):
     monkeypatch.setenv(zoo.CACHE_ENV_VAR, str(tmp_path))
     seen = []
-    monkeypatch.setattr(zoo, "fit", lambda *args, **kwargs: seen.append(torch.get_num_threads()) or {})
+    monkeypatch.setattr(
+        zoo, "fit", lambda *args, **kwargs: seen.append((torch.get_num_threads(), kwargs["channels_last"])) or {}
+    )
     caller = torch.get_num_threads()
     other = 1 if zoo.TRAINING_THREADS != 1 else 3  # the caller's count differs, so the check can fail
     torch.set_num_threads(other)
     try:
         trained_model("plain", TINY, progress=False, channels=4, num_layers=1)
-        assert seen == [zoo.TRAINING_THREADS]
+        assert seen == [(zoo.TRAINING_THREADS, zoo.TRAINING_CHANNELS_LAST)]
         assert torch.get_num_threads() == other  # the caller's setting is back
     finally:
         torch.set_num_threads(caller)
@@ -251,7 +253,7 @@ def test_warm_models_finds_literal_calls_configs_and_seed_loops():
     assert warm.literal_calls("trained_model('fcn', replace(unknown, seed=1))\n") == []
 
 
-def test_checkpoint_path_is_where_trained_model_saves_and_depends_on_the_thread_count(tmp_path, monkeypatch):
+def test_checkpoint_path_is_where_trained_model_saves_and_depends_on_threads_and_memory_format(tmp_path, monkeypatch):
     monkeypatch.setenv(zoo.CACHE_ENV_VAR, str(tmp_path))
     path = zoo.checkpoint_path("plain", TINY, channels=4, num_layers=1)
     assert not path.exists()
@@ -260,6 +262,12 @@ def test_checkpoint_path_is_where_trained_model_saves_and_depends_on_the_thread_
     assert zoo.checkpoint_path("plain", TINY, channels=4, num_layers=2) != path
     # Weights differ with the thread count, so a checkpoint trained with another count is not reused.
     monkeypatch.setattr(zoo, "TRAINING_THREADS", zoo.TRAINING_THREADS + 1)
+    assert zoo.checkpoint_path("plain", TINY, channels=4, num_layers=1) != path
+    monkeypatch.undo()
+    monkeypatch.setenv(zoo.CACHE_ENV_VAR, str(tmp_path))
+    assert zoo.checkpoint_path("plain", TINY, channels=4, num_layers=1) == path
+    # so do they with the memory format
+    monkeypatch.setattr(zoo, "TRAINING_CHANNELS_LAST", not zoo.TRAINING_CHANNELS_LAST)
     assert zoo.checkpoint_path("plain", TINY, channels=4, num_layers=1) != path
 
 
