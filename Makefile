@@ -49,9 +49,10 @@ node_modules/.package-lock.json: package.json package-lock.json
 	touch $@
 
 # warm_models.py trains the chapters' reference models into the segutils model cache first, outside
-# any notebook cell (and its timeout); cached models cost nothing.
+# any notebook cell (and its timeout); cached models cost nothing. `make book` and `make test` both run it.
+WARM_MODELS := $(BIN)/python book/_ext/warm_models.py book/*.ipynb
 book: $(STAMP) system-packages node_modules/.package-lock.json
-	$(BIN)/python book/_ext/warm_models.py book/*.ipynb
+	$(WARM_MODELS)
 	$(BOOK_BUILD)
 
 # Format and lint check first (ruff, settings in pyproject.toml): seconds, so a style slip fails before the
@@ -61,7 +62,7 @@ book: $(STAMP) system-packages node_modules/.package-lock.json
 test: $(STAMP) system-packages
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
-	$(BIN)/python book/_ext/warm_models.py book/*.ipynb
+	$(WARM_MODELS)
 	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadgroup
 
 # One release per solutions/<id>/<id>.ipynb. nbgrader's output is byte-stable (no timestamps, cell ids

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -16,6 +17,7 @@ from segutils import zoo
 from segutils.zoo import TrainingConfig, trained_model
 
 TINY = TrainingConfig(image_size=16, train_size=8, val_size=4, batch_size=4, epochs=1)
+BOOK = Path(__file__).resolve().parents[1] / "book"
 
 
 def test_fingerprint_ignores_docstrings_and_comments_but_not_code():
@@ -206,13 +208,16 @@ def test_loaders_hold_exactly_the_shapes_dataset_samples():
     assert zoo.rendered("train", 6, 16, 0, 1.0) is zoo.rendered("train", 6, 16, 0, 1.0)  # rendered once
 
 
-def test_warm_models_finds_literal_calls_configs_and_seed_loops():
-    import importlib.util
-
-    path = Path(__file__).resolve().parents[1] / "book" / "_ext" / "warm_models.py"
-    spec = importlib.util.spec_from_file_location("warm_models", path)
+def _warm_models():
+    """book/_ext/warm_models.py as a module (it is a script, not part of the package)."""
+    spec = importlib.util.spec_from_file_location("warm_models", BOOK / "_ext" / "warm_models.py")
     warm = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(warm)
+    return warm
+
+
+def test_warm_models_finds_literal_calls_configs_and_seed_loops():
+    warm = _warm_models()
     source = (
         "a = trained_model('plain', progress=False)\n"
         "for seed in (0, 1):\n"
@@ -274,14 +279,9 @@ def test_checkpoint_path_is_where_trained_model_saves_and_depends_on_threads_and
 def test_warm_models_trains_the_missing_models_side_by_side_and_skips_cached_ones(tmp_path, monkeypatch, capsys):
     """main() trains every model a chapter names, each once (two calls name the same model), in worker processes,
     and then has nothing left to train."""
-    import importlib.util
-
     import nbformat
 
-    path = Path(__file__).resolve().parents[1] / "book" / "_ext" / "warm_models.py"
-    spec = importlib.util.spec_from_file_location("warm_models", path)
-    warm = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(warm)
+    warm = _warm_models()
     monkeypatch.setenv(zoo.CACHE_ENV_VAR, str(tmp_path / "cache"))
     monkeypatch.setattr(warm, "training_processes", lambda: 2)
     tiny = "TrainingConfig(image_size=16, train_size=8, val_size=4, batch_size=4, epochs=1)"
@@ -298,3 +298,23 @@ def test_warm_models_trains_the_missing_models_side_by_side_and_skips_cached_one
     assert warm.main([str(tmp_path / "chapter.ipynb")]) == 0
     again = capsys.readouterr().out
     assert "0 to train" in again and "trained in" not in again
+
+
+def test_warm_models_trains_the_models_of_one_data_configuration_in_a_row():
+    warm = _warm_models()
+    seed = {s: {"__config__": {"image_size": 32, "seed": s}} for s in (0, 1)}
+    calls = [("fcn", {"skips": 0, **seed[0]}), ("fcn", {"skips": 0, **seed[1]}), ("unet", seed[0]), ("unet", seed[1])]
+    assert warm.grouped_by_data(calls) == [calls[0], calls[2], calls[1], calls[3]]
+    tinted = {"__config__": {"image_size": 32, "seed": 0, "object_tint": 0.4}}
+    assert warm.grouped_by_data([("fcn", seed[0]), ("fcn", tinted), ("unet", seed[0])]) == [
+        ("fcn", seed[0]),
+        ("unet", seed[0]),
+        ("fcn", tinted),
+    ]
+    book = warm.book_models(sorted(BOOK.glob("*.ipynb")))
+    grouped = warm.grouped_by_data(book)
+    assert sorted(map(repr, grouped)) == sorted(map(repr, book))  # the same calls
+    data = [warm._arguments(kwargs)[0] for _, kwargs in grouped]
+    keys = [(c.image_size, c.train_size, c.val_size, c.seed, c.outline_detail, c.object_tint) for c in data]
+    runs = [k for i, k in enumerate(keys) if i == 0 or k != keys[i - 1]]
+    assert len(runs) == len(set(keys)) > 1  # every configuration in one run of calls

@@ -15,7 +15,8 @@ seed study are found too; so does a name assigned once, ``study = TrainingConfig
 the cell or an earlier one (evaluated with the loop values of the call that uses it), and
 ``replace(study, <keyword>=<literal>, ...)`` of such a configuration, inline or assigned once. Calls
 with other computed arguments are left to their cells. The missing models are trained side by
-side, one worker process per ``segutils.zoo.TRAINING_THREADS`` CPUs (at most four); a warm build,
+side, one worker process per ``segutils.zoo.TRAINING_THREADS`` CPUs (at most four), the models of one data
+configuration one after another (:func:`grouped_by_data`); a warm build,
 with every model cached, starts no worker and spends a few seconds here.
 
 Usage: ``python book/_ext/warm_models.py book/*.ipynb``
@@ -202,6 +203,21 @@ def _checkpoint(name: str, kwargs: dict[str, Any]) -> Path:
     return checkpoint_path(name, config, **model_kwargs)
 
 
+def grouped_by_data(calls: list[tuple[str, dict[str, Any]]]) -> list[tuple[str, dict[str, Any]]]:
+    """``calls`` (found by :func:`book_models`) reordered so that the models trained on the same data follow one
+    another: the data configurations in order of first appearance, the calls of each in their own order.
+
+    A worker renders a configuration's data once and keeps it (``segutils.zoo.rendered``, a small cache), so
+    models of one configuration in a row cost one rendering per worker instead of one per model: the chapters
+    name them in another order (chapter 8 loops over the seeds inside each model)."""
+    groups: dict[tuple, list[tuple[str, dict[str, Any]]]] = {}
+    for call in calls:
+        c = _arguments(call[1])[0]
+        data = (c.image_size, c.train_size, c.val_size, c.seed, c.outline_detail, c.object_tint)  # zoo.loaders' data
+        groups.setdefault(data, []).append(call)
+    return [call for group in groups.values() for call in group]
+
+
 def training_processes() -> int:
     """Models trained at once: one per ``TRAINING_THREADS`` of the CPUs this process may use, at most four
     (each process holds its own copy of the training data, about a GiB)."""
@@ -218,7 +234,7 @@ def main(argv: list[str]) -> int:
     distinct = {}  # two calls can name one model: TrainingConfig() and TrainingConfig(seed=0)
     for name, kwargs in models:
         distinct.setdefault(_checkpoint(name, kwargs), (name, kwargs))
-    missing = [call for path, call in distinct.items() if not path.exists()]
+    missing = grouped_by_data([call for path, call in distinct.items() if not path.exists()])
     print(f"warm_models: {len(distinct)} reference models, {len(missing)} to train, cache {cache_dir()}", flush=True)
     if not missing:
         return 0
